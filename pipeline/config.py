@@ -1,0 +1,870 @@
+"""Run configuration: YAML files with dotted overrides, validated into frozen dataclasses.
+
+A configuration file describes one *campaign*: a system, a list of temperatures and a list of
+methods.  :func:`expand_runs` turns it into one :class:`RunSpec` per (method, temperature).
+
+Example (every key except ``methods``, ``system.name``, ``system.L`` and one of
+``system.beta`` / ``system.temperature`` is optional; defaults are listed in the dataclasses)::
+
+    name: ising16            # default: the file's stem
+    seed: 0
+    methods: [metadns, mdns, sw]
+    system: {name: ising, L: 16, beta: [0.28, 0.4407, 0.6]}
+    bias: {gamma: 10, sigma: 0.05, height_per_cycle: 0.5}
+    training: {outer_iterations: 500, batch_size: 128}
+
+Units: lattice models measure energies in J and temperatures in J/k_B (k_B = 1), so
+``beta = 1 / temperature``.  The bias ``sigma`` and grid bounds are in CV units, and
+``height_per_cycle`` is in k_BT per outer training cycle.
+
+Overrides are ``"dotted.key=value"`` strings whose value is parsed with ``yaml.safe_load``
+(``bias.gamma=5``, ``system.beta=[0.3,0.6]``, ``methods=metadns``).  Overriding one of
+``system.beta`` / ``system.temperature`` drops the other one coming from the file.
+
+Every problem raises :class:`ConfigError`, whose ``field`` is the dotted key at fault and whose
+message says how to fix it.  YAML 1.1 reads ``1e-3`` (no dot) as a string; such scientific
+notation strings are accepted as numbers.  Integers are accepted where floats are expected;
+a float with an integral value (``1.0e4``) is accepted where an integer is expected, but
+``2.5`` or ``true`` are not.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+__all__ = [
+    "METHODS",
+    "SYSTEM_NAMES",
+    "DENOISERS",
+    "BOLTZMANN_CONSTANT",
+    "SECTION_KEYS",
+    "TOP_LEVEL_KEYS",
+    "ConfigError",
+    "SystemConfig",
+    "SamplerConfig",
+    "BiasConfig",
+    "TrainingConfig",
+    "SamplingConfig",
+    "ReferenceConfig",
+    "Config",
+    "RunSpec",
+    "BiasGrid",
+    "load_config",
+    "config_from_dict",
+    "apply_overrides",
+    "canonical_json",
+    "config_hash",
+    "expand_runs",
+    "temperature_tag",
+    "validate_bias_grid",
+]
+
+METHODS: tuple[str, ...] = ("metadns", "mdns", "mdns-warmstart", "mcmc-metad", "sw", "metropolis")
+"""Method names accepted in ``methods``."""
+
+BOLTZMANN_CONSTANT: dict[str, float] = {"ising": 1.0, "potts": 1.0}
+"""k_B per system, in the system's energy unit per temperature unit (J per J/k_B = 1)."""
+
+SYSTEM_NAMES: tuple[str, ...] = tuple(BOLTZMANN_CONSTANT)
+"""System names accepted in ``system.name``."""
+
+DENOISERS: tuple[str, ...] = ("lattice", "transformer")
+"""Denoiser networks accepted in ``sampler.denoiser``."""
+
+
+class ConfigError(ValueError):
+    """An invalid configuration.  ``field`` is the dotted key at fault ("" for the whole file)."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}" if field else message)
+
+
+# --------------------------------------------------------------------------------------------
+# Dataclasses
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SystemConfig:
+    """The physical system.  Exactly one of ``beta`` / ``temperature`` is set (a tuple, > 0).
+
+    ``field`` (h, in J) applies to Ising only (0 for Potts); ``q`` applies to Potts only
+    (``None`` for Ising).  Temperatures are in J/k_B with k_B = 1.
+    """
+
+    name: str
+    L: int
+    J: float = 1.0
+    field: float = 0.0
+    q: int | None = None
+    beta: tuple[float, ...] | None = None
+    temperature: tuple[float, ...] | None = None
+
+    @property
+    def boltzmann_constant(self) -> float:
+        return BOLTZMANN_CONSTANT[self.name]
+
+    @property
+    def betas(self) -> tuple[float, ...]:
+        """Inverse temperatures 1/(k_B T), in 1/energy unit, in the order given."""
+        if self.beta is not None:
+            return self.beta
+        return tuple(1.0 / (self.boltzmann_constant * t) for t in self.temperature)
+
+    @property
+    def temperatures(self) -> tuple[float, ...]:
+        """Temperatures 1/(k_B β), in J/k_B for lattice models, in the order given."""
+        if self.temperature is not None:
+            return self.temperature
+        return tuple(1.0 / (self.boltzmann_constant * b) for b in self.beta)
+
+    def system_params(self) -> dict[str, Any]:
+        """Keyword parameters describing the model (L, J, field for Ising; L, J, q for Potts)."""
+        if self.name == "potts":
+            return {"L": self.L, "J": self.J, "q": self.q}
+        return {"L": self.L, "J": self.J, "field": self.field}
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "L": self.L, "J": self.J}
+        if self.name == "potts":
+            out["q"] = self.q
+        else:
+            out["field"] = self.field
+        if self.beta is not None:
+            out["beta"] = list(self.beta)
+        else:
+            out["temperature"] = list(self.temperature)
+        return out
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """MDNS network: denoiser kind, sites revealed per generation step, width/depth/heads.
+
+    ``heads`` is used by the transformer denoiser only.
+    """
+
+    denoiser: str = "lattice"
+    sites_per_step: int = 4
+    hidden: int = 64
+    layers: int = 4
+    heads: int = 4
+
+
+@dataclass(frozen=True)
+class BiasConfig:
+    """Well-tempered grid bias.
+
+    ``gamma`` > 1 is the bias factor (ΔT = (γ−1)T); ``sigma`` the Gaussian width in CV units
+    (scalar or per CV dimension); ``height_per_cycle`` the hill height summed over one outer
+    cycle, in k_BT (per hill h0 = height_per_cycle·kT / batch_size, see :meth:`hill_height`).
+    ``grid_points`` / ``grid_min`` / ``grid_max``: ``None`` means aligned to the CV's attainable
+    values and spanning the CV range; scalars apply to every dimension; lists give one value per
+    dimension (checked against the CV by :func:`validate_bias_grid`).
+    """
+
+    gamma: float = 10.0
+    sigma: float | tuple[float, ...] = 0.05
+    height_per_cycle: float = 0.5
+    grid_points: int | tuple[int, ...] | None = None
+    grid_min: float | tuple[float, ...] | None = None
+    grid_max: float | tuple[float, ...] | None = None
+
+    def hill_height(self, kT: float, hills_per_cycle: int) -> float:
+        """Initial height h0 of one hill in energy units: height_per_cycle·kT / hills_per_cycle."""
+        if not kT > 0:
+            raise ValueError(f"kT must be > 0, got {kT}")
+        if int(hills_per_cycle) < 1:
+            raise ValueError(f"hills_per_cycle must be >= 1, got {hills_per_cycle}")
+        return self.height_per_cycle * kT / int(hills_per_cycle)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Dual training loop (WDCE + bias deposition) and the warm-start baseline.
+
+    One outer iteration draws ``batch_size`` fresh samples, deposits their hills and takes
+    ``inner_steps`` gradient steps on them with ``maskings`` random maskings per sample.
+    ``replay_buffer_size`` 0 disables the buffer; ``threads`` None uses all cores;
+    ``checkpoint_every`` is in outer iterations.
+    """
+
+    outer_iterations: int = 500
+    batch_size: int = 128
+    inner_steps: int = 10
+    maskings: int = 16
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    ema_decay_max: float = 0.9999
+    replay_buffer_size: int = 0
+    warmstart_beta: float = 0.28
+    warmstart_iterations: int = 200
+    checkpoint_every: int = 1
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Fresh samples from the trained model: how many, in batches of ``batch_size``, and
+    whether an independence Metropolis–Hastings pass is also reported."""
+
+    n_samples: int = 10000
+    batch_size: int = 2000
+    metropolis_hastings: bool = True
+
+
+@dataclass(frozen=True)
+class ReferenceConfig:
+    """MCMC references (sw, metropolis, mcmc-metad): parallel chains, sweeps per chain,
+    discarded burn-in sweeps (< sweeps), and sweeps between hills for mcmc-metad (each chain
+    deposits one hill)."""
+
+    chains: int = 64
+    sweeps: int = 2000
+    burn_in: int = 200
+    deposit_every: int = 1
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated campaign configuration.  Build with :func:`load_config` or
+    :func:`config_from_dict`; :meth:`to_dict` gives the fully resolved mapping."""
+
+    name: str
+    seed: int
+    methods: tuple[str, ...]
+    system: SystemConfig
+    sampler: SamplerConfig = SamplerConfig()
+    bias: BiasConfig = BiasConfig()
+    training: TrainingConfig = TrainingConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    reference: ReferenceConfig = ReferenceConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Fully resolved plain mapping (defaults filled, lists not tuples), YAML/JSON dumpable;
+        ``config_from_dict(c.to_dict(), c.name) == c``."""
+        out: dict[str, Any] = {"name": self.name, "seed": self.seed, "methods": list(self.methods)}
+        out["system"] = self.system.to_dict()
+        for section in ("sampler", "bias", "training", "sampling", "reference"):
+            out[section] = _plain(dataclasses.asdict(getattr(self, section)))
+        return out
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a campaign: a method at one temperature.
+
+    ``beta`` in 1/energy unit, ``temperature`` in J/k_B (lattice models);
+    ``run_name = f"{method}_{temperature_tag}"`` (see :func:`temperature_tag`).
+    """
+
+    method: str
+    beta: float
+    temperature: float
+    temperature_tag: str
+    run_name: str
+
+
+@dataclass(frozen=True)
+class BiasGrid:
+    """Bias grid resolved against a CV (one entry per CV dimension, CV units)."""
+
+    lower: tuple[float, ...]
+    upper: tuple[float, ...]
+    grid_points: tuple[int, ...]
+    sigma: tuple[float, ...]
+
+
+def _plain(value: Any) -> Any:
+    """Tuples to lists, recursively, so the result is YAML/JSON friendly."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Value parsers: each takes (value, field) and returns the normalised value or raises
+# --------------------------------------------------------------------------------------------
+
+_SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _describe(value: Any) -> str:
+    return f"{value!r} (a {type(value).__name__})"
+
+
+def _as_number(value: Any) -> float | int | None:
+    """int/float (not bool), numpy numbers, or a YAML-1.1 scientific string; else None."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value)
+    if isinstance(value, str) and _SCIENTIFIC.match(value.strip()):
+        return float(value)
+    return None
+
+
+def _bound_text(gt=None, ge=None, lt=None) -> str:
+    parts = []
+    if gt is not None:
+        parts.append(f"> {gt}")
+    if ge is not None:
+        parts.append(f">= {ge}")
+    if lt is not None:
+        parts.append(f"< {lt}")
+    return " and ".join(parts)
+
+
+def _check_bounds(x: float, field: str, kind: str, example: str, gt=None, ge=None, lt=None):
+    ok = (gt is None or x > gt) and (ge is None or x >= ge) and (lt is None or x < lt)
+    if not ok:
+        raise ConfigError(field, f"must be {kind} {_bound_text(gt, ge, lt)}, got {x!r}; e.g. {example}")
+
+
+def _float(value: Any, field: str, *, gt=None, ge=None, lt=None, example: str = "") -> float:
+    number = _as_number(value)
+    example = example or f"`{field.split('.')[-1]}: 1.0`"
+    if number is None:
+        raise ConfigError(field, f"must be a number, got {_describe(value)}; e.g. {example}")
+    x = float(number)
+    if not math.isfinite(x):
+        raise ConfigError(field, f"must be a finite number, got {x!r}; e.g. {example}")
+    _check_bounds(x, field, "a number", example, gt, ge, lt)
+    return x
+
+
+def _int(value: Any, field: str, *, ge=None, example: str = "") -> int:
+    number = _as_number(value)
+    example = example or f"`{field.split('.')[-1]}: {max(ge or 0, 1)}`"
+    if number is None or (isinstance(number, float) and not (math.isfinite(number) and number.is_integer())):
+        raise ConfigError(field, f"must be an integer, got {_describe(value)}; e.g. {example}")
+    x = int(number)
+    _check_bounds(x, field, "an integer", example, ge=ge)
+    return x
+
+
+def _bool(value: Any, field: str) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise ConfigError(field, f"must be true or false, got {_describe(value)}")
+
+
+def _choice(value: Any, field: str, choices: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        hint = ""
+        if isinstance(value, str):
+            close = difflib.get_close_matches(value, choices, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(field, f"must be one of {', '.join(choices)}; got {value!r}{hint}")
+    return value
+
+
+def _entry(parse, value: Any, index: int, field: str, *args, **kwargs):
+    """Parse entry ``index`` of a list-valued field; errors keep ``field`` and name the entry."""
+    try:
+        return parse(value, field, *args, **kwargs)
+    except ConfigError as exc:
+        raise ConfigError(field, f"entry {index}: {exc.message}") from None
+
+
+def _float_list(value: Any, field: str, *, gt=None, example: str = "") -> tuple[float, ...]:
+    """A number or a non-empty list of numbers (each checked), as a tuple."""
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise ConfigError(field, f"must be a number or a non-empty list of numbers; e.g. {example}")
+        return tuple(_entry(_float, v, i, field, gt=gt, example=example) for i, v in enumerate(value))
+    return (_float(value, field, gt=gt, example=example),)
+
+
+def _float_or_list(value: Any, field: str, *, gt=None, allow_none=False, example: str = ""):
+    """None (if allowed), a number, or a list of numbers (returned as a tuple)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (list, tuple)):
+        return _float_list(value, field, gt=gt, example=example)
+    return _float(value, field, gt=gt, example=example)
+
+
+def _int_or_list(value: Any, field: str, *, ge=None, allow_none=False, example: str = ""):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise ConfigError(field, f"must be an integer or a non-empty list of integers; e.g. {example}")
+        return tuple(_entry(_int, v, i, field, ge=ge, example=example) for i, v in enumerate(value))
+    return _int(value, field, ge=ge, example=example)
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+
+_REQUIRED = object()
+
+_SYSTEM_KEYS = ("name", "L", "J", "field", "q", "beta", "temperature")
+_SECTION_CLASSES = {
+    "sampler": SamplerConfig,
+    "bias": BiasConfig,
+    "training": TrainingConfig,
+    "sampling": SamplingConfig,
+    "reference": ReferenceConfig,
+}
+SECTION_KEYS: dict[str, tuple[str, ...]] = {
+    "system": _SYSTEM_KEYS,
+    **{name: tuple(f.name for f in dataclasses.fields(cls)) for name, cls in _SECTION_CLASSES.items()},
+}
+"""Valid keys of each section."""
+TOP_LEVEL_KEYS: tuple[str, ...] = ("name", "seed", "methods", *SECTION_KEYS)
+"""Valid top-level keys."""
+
+
+def _unknown_key_error(field: str, key: str, valid: Sequence[str]) -> ConfigError:
+    close = difflib.get_close_matches(str(key), valid, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return ConfigError(field, f"unknown key {key!r}. Valid keys here: {', '.join(valid)}.{hint}")
+
+
+def _section(raw: Mapping, section: str) -> dict:
+    """The mapping of one section (empty if absent), with unknown keys rejected."""
+    valid = SECTION_KEYS[section]
+    value = raw.get(section)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(section, f"must be a mapping with keys among {', '.join(valid)}; got {_describe(value)}")
+    for key in value:
+        if key not in valid:
+            raise _unknown_key_error(f"{section}.{key}", key, valid)
+    return dict(value)
+
+
+def _parse_system(raw: Mapping) -> SystemConfig:
+    s = _section(raw, "system")
+    if "name" not in s:
+        raise ConfigError("system.name", f"is required: one of {', '.join(SYSTEM_NAMES)}")
+    name = _choice(s["name"], "system.name", SYSTEM_NAMES)
+    if "L" not in s:
+        raise ConfigError("system.L", "is required: the linear lattice size, an integer >= 2, e.g. `L: 16`")
+    L = _int(s["L"], "system.L", ge=2, example="`L: 16`")
+    J = _float(s.get("J", 1.0), "system.J", example="`J: 1.0`")
+    field = _float(s.get("field", 0.0), "system.field", example="`field: 0.0`")
+    if name == "potts":
+        if field != 0.0:
+            raise ConfigError("system.field", "the external field applies to ising only; remove it for potts")
+        q = _int(s.get("q", 3), "system.q", ge=2, example="`q: 3`")
+    else:
+        if "q" in s:
+            raise ConfigError("system.q", f"q applies to potts only; remove it for {name}")
+        q = None
+
+    has_beta, has_temperature = s.get("beta") is not None, s.get("temperature") is not None
+    if has_beta and has_temperature:
+        raise ConfigError("system.beta", "give exactly one of system.beta and system.temperature, not both")
+    if not (has_beta or has_temperature):
+        raise ConfigError(
+            "system.beta", "give exactly one of system.beta or system.temperature, e.g. `beta: [0.28, 0.6]`"
+        )
+    key = "beta" if has_beta else "temperature"
+    values = _float_list(s[key], f"system.{key}", gt=0, example=f"`{key}: [0.28, 0.6]`")
+    if len(set(values)) != len(values):
+        raise ConfigError(f"system.{key}", f"values must be distinct, got {list(values)}; remove the repeats")
+    return SystemConfig(
+        name=name,
+        L=L,
+        J=J,
+        field=field,
+        q=q,
+        beta=values if has_beta else None,
+        temperature=None if has_beta else values,
+    )
+
+
+def _parse_sampler(raw: Mapping) -> SamplerConfig:
+    s, d = _section(raw, "sampler"), SamplerConfig()
+    return SamplerConfig(
+        denoiser=_choice(s.get("denoiser", d.denoiser), "sampler.denoiser", DENOISERS),
+        sites_per_step=_int(s.get("sites_per_step", d.sites_per_step), "sampler.sites_per_step", ge=1),
+        hidden=_int(s.get("hidden", d.hidden), "sampler.hidden", ge=1, example="`hidden: 64`"),
+        layers=_int(s.get("layers", d.layers), "sampler.layers", ge=1, example="`layers: 4`"),
+        heads=_int(s.get("heads", d.heads), "sampler.heads", ge=1, example="`heads: 4`"),
+    )
+
+
+def _parse_bias(raw: Mapping) -> BiasConfig:
+    s, d = _section(raw, "bias"), BiasConfig()
+    bias = BiasConfig(
+        gamma=_float(s.get("gamma", d.gamma), "bias.gamma", gt=1, example="`gamma: 10`"),
+        sigma=_float_or_list(s.get("sigma", d.sigma), "bias.sigma", gt=0, example="`sigma: 0.05`"),
+        height_per_cycle=_float(
+            s.get("height_per_cycle", d.height_per_cycle), "bias.height_per_cycle", gt=0,
+            example="`height_per_cycle: 0.5`",
+        ),
+        grid_points=_int_or_list(
+            s.get("grid_points"), "bias.grid_points", ge=2, allow_none=True,
+            example="`grid_points: null` (aligned to the CV) or `grid_points: 257`",
+        ),
+        grid_min=_float_or_list(s.get("grid_min"), "bias.grid_min", allow_none=True, example="`grid_min: -1.0`"),
+        grid_max=_float_or_list(s.get("grid_max"), "bias.grid_max", allow_none=True, example="`grid_max: 1.0`"),
+    )
+    # Consistency that does not need the CV: list lengths agree, min < max.
+    lengths = {
+        key: len(getattr(bias, key))
+        for key in ("sigma", "grid_points", "grid_min", "grid_max")
+        if isinstance(getattr(bias, key), tuple)
+    }
+    if len(set(lengths.values())) > 1:
+        raise ConfigError(
+            "bias." + sorted(lengths)[-1],
+            f"list-valued bias settings must have one entry per CV dimension; got lengths {lengths}",
+        )
+    if bias.grid_min is not None and bias.grid_max is not None:
+        lo, hi = np.broadcast_arrays(np.atleast_1d(bias.grid_min), np.atleast_1d(bias.grid_max))
+        if np.any(lo >= hi):
+            raise ConfigError("bias.grid_max", f"must exceed bias.grid_min in every dimension ({bias.grid_min} vs {bias.grid_max})")
+    return bias
+
+
+def _parse_training(raw: Mapping) -> TrainingConfig:
+    s, d = _section(raw, "training"), TrainingConfig()
+
+    def get(key):
+        return s.get(key, getattr(d, key))
+
+    threads = get("threads")
+    return TrainingConfig(
+        outer_iterations=_int(get("outer_iterations"), "training.outer_iterations", ge=1),
+        batch_size=_int(get("batch_size"), "training.batch_size", ge=1, example="`batch_size: 128`"),
+        inner_steps=_int(get("inner_steps"), "training.inner_steps", ge=1, example="`inner_steps: 10`"),
+        maskings=_int(get("maskings"), "training.maskings", ge=1, example="`maskings: 16`"),
+        learning_rate=_float(get("learning_rate"), "training.learning_rate", gt=0, example="`learning_rate: 1.0e-3`"),
+        weight_decay=_float(get("weight_decay"), "training.weight_decay", ge=0, example="`weight_decay: 0.0`"),
+        ema_decay_max=_float(get("ema_decay_max"), "training.ema_decay_max", ge=0, lt=1, example="`ema_decay_max: 0.9999`"),
+        replay_buffer_size=_int(get("replay_buffer_size"), "training.replay_buffer_size", ge=0, example="`replay_buffer_size: 0` (off)"),
+        warmstart_beta=_float(get("warmstart_beta"), "training.warmstart_beta", gt=0, example="`warmstart_beta: 0.28`"),
+        warmstart_iterations=_int(get("warmstart_iterations"), "training.warmstart_iterations", ge=0),
+        checkpoint_every=_int(get("checkpoint_every"), "training.checkpoint_every", ge=1),
+        threads=None if threads is None else _int(threads, "training.threads", ge=1, example="`threads: null` (all cores) or `threads: 4`"),
+    )
+
+
+def _parse_sampling(raw: Mapping) -> SamplingConfig:
+    s, d = _section(raw, "sampling"), SamplingConfig()
+    return SamplingConfig(
+        n_samples=_int(s.get("n_samples", d.n_samples), "sampling.n_samples", ge=1, example="`n_samples: 10000`"),
+        batch_size=_int(s.get("batch_size", d.batch_size), "sampling.batch_size", ge=1, example="`batch_size: 2000`"),
+        metropolis_hastings=_bool(s.get("metropolis_hastings", d.metropolis_hastings), "sampling.metropolis_hastings"),
+    )
+
+
+def _parse_reference(raw: Mapping) -> ReferenceConfig:
+    s, d = _section(raw, "reference"), ReferenceConfig()
+    reference = ReferenceConfig(
+        chains=_int(s.get("chains", d.chains), "reference.chains", ge=1, example="`chains: 64`"),
+        sweeps=_int(s.get("sweeps", d.sweeps), "reference.sweeps", ge=1, example="`sweeps: 2000`"),
+        burn_in=_int(s.get("burn_in", d.burn_in), "reference.burn_in", ge=0, example="`burn_in: 200`"),
+        deposit_every=_int(s.get("deposit_every", d.deposit_every), "reference.deposit_every", ge=1),
+    )
+    if reference.burn_in >= reference.sweeps:
+        raise ConfigError(
+            "reference.burn_in",
+            f"must be smaller than reference.sweeps ({reference.burn_in} >= {reference.sweeps}); "
+            "lower burn_in or raise sweeps",
+        )
+    return reference
+
+
+def _parse_methods(raw: Mapping) -> tuple[str, ...]:
+    if raw.get("methods") is None:
+        raise ConfigError("methods", f"is required: a list among {', '.join(METHODS)}, e.g. `methods: [metadns, sw]`")
+    value = raw["methods"]
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not items:
+        raise ConfigError("methods", f"must be a method name or a non-empty list among {', '.join(METHODS)}")
+    methods = tuple(_entry(_choice, m, i, "methods", METHODS) for i, m in enumerate(items))
+    if len(set(methods)) != len(methods):
+        raise ConfigError("methods", f"lists a method twice ({list(methods)}); remove the repeat")
+    return methods
+
+
+def config_from_dict(d: Mapping[str, Any], name: str | None = None) -> Config:
+    """Validate a raw mapping (as read from YAML) into a :class:`Config`.
+
+    ``name`` is used when ``d`` has no ``name`` key.  Raises :class:`ConfigError`.
+    """
+    if not isinstance(d, Mapping):
+        raise ConfigError("", f"a configuration must be a mapping of {', '.join(TOP_LEVEL_KEYS)}; got {_describe(d)}")
+    for key in d:
+        if key not in TOP_LEVEL_KEYS:
+            raise _unknown_key_error(str(key), key, TOP_LEVEL_KEYS)
+    run_name = d.get("name", name)
+    if run_name is None:
+        raise ConfigError("name", "is required when the configuration does not come from a file, e.g. `name: ising16`")
+    if not isinstance(run_name, str) or not _NAME.match(run_name):
+        raise ConfigError(
+            "name",
+            f"must be a non-empty string of letters, digits, '.', '_' or '-' (it names output folders); got {run_name!r}",
+        )
+    seed = _int(d.get("seed", 0), "seed", ge=0, example="`seed: 0`")
+    return Config(
+        name=run_name,
+        seed=seed,
+        methods=_parse_methods(d),
+        system=_parse_system(d),
+        sampler=_parse_sampler(d),
+        bias=_parse_bias(d),
+        training=_parse_training(d),
+        sampling=_parse_sampling(d),
+        reference=_parse_reference(d),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and overrides
+# --------------------------------------------------------------------------------------------
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys instead of keeping the last one."""
+
+
+def _construct_mapping_no_duplicates(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            mark = key_node.start_mark
+            raise ConfigError(str(key), f"appears twice in the same mapping (line {mark.line + 1}); keep one")
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping_no_duplicates)
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Return a deep copy of ``raw`` with ``"dotted.key=value"`` overrides applied.
+
+    Keys must exist in the schema (top-level key or ``section.key``); values are parsed with
+    ``yaml.safe_load``.  Setting ``system.beta`` removes a ``system.temperature`` coming from
+    ``raw`` and vice versa.  Raises :class:`ConfigError` for malformed or unknown overrides.
+    """
+    if isinstance(overrides, str):
+        raise ConfigError("", "overrides must be a list of 'dotted.key=value' strings, not one string")
+    out = copy.deepcopy(dict(raw))
+    overridden: set[str] = set()
+    for override in overrides:
+        if not isinstance(override, str) or "=" not in override:
+            field = override.strip() if isinstance(override, str) else ""
+            raise ConfigError(field, f"malformed override {override!r}: write it as 'dotted.key=value', e.g. 'bias.gamma=5'")
+        key, text = override.split("=", 1)
+        key = key.strip()
+        parts = key.split(".")
+        if not key or any(not p for p in parts):
+            raise ConfigError(key, f"malformed override {override!r}: the key before '=' must be like 'bias.gamma'")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(key, f"override value {text!r} is not valid YAML ({exc.__class__.__name__}); quote or fix it") from None
+        head = parts[0]
+        if head not in TOP_LEVEL_KEYS:
+            raise _unknown_key_error(key, head, TOP_LEVEL_KEYS)
+        if len(parts) == 1:
+            out[head] = value
+        elif head not in SECTION_KEYS:
+            raise ConfigError(key, f"{head!r} is not a section; override it as '{head}=value'")
+        elif len(parts) > 2 or parts[1] not in SECTION_KEYS[head]:
+            raise _unknown_key_error(key, ".".join(parts[1:]), SECTION_KEYS[head])
+        else:
+            section = out.get(head)
+            if section is None:
+                section = {}
+            elif not isinstance(section, Mapping):
+                raise ConfigError(head, f"must be a mapping to take the override {override!r}; got {_describe(section)}")
+            section = dict(section)
+            section[parts[1]] = value
+            if head == "system" and parts[1] in ("beta", "temperature"):
+                other = "temperature" if parts[1] == "beta" else "beta"
+                if f"system.{other}" not in overridden:
+                    section.pop(other, None)
+            out[head] = section
+        overridden.add(key)
+    return out
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """Read a YAML configuration, apply ``overrides`` ("dotted.key=value") and validate it.
+
+    ``name`` defaults to the file's stem.  Raises :class:`ConfigError` (message includes the
+    file) for invalid content, FileNotFoundError if the file is missing.
+    """
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    try:
+        try:
+            raw = yaml.load(text, Loader=_StrictLoader)
+        except yaml.YAMLError as exc:
+            raise ConfigError("", f"not valid YAML: {exc}") from None
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, Mapping):
+            raise ConfigError("", f"the file must hold a mapping of {', '.join(TOP_LEVEL_KEYS)}; got {_describe(raw)}")
+        return config_from_dict(apply_overrides(raw, overrides), name=path.stem)
+    except ConfigError as exc:
+        raise ConfigError(exc.field, f"{exc.message} (while loading {path})") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Hashing, runs, bias grid
+# --------------------------------------------------------------------------------------------
+
+
+def canonical_json(d: Mapping[str, Any]) -> str:
+    """Canonical JSON text (sorted keys, no spaces, shortest float repr) of a plain mapping."""
+    return json.dumps(_plain(dict(d)), sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def config_hash(config: Config | Mapping[str, Any]) -> str:
+    """First 16 hex characters of sha256 of the canonical JSON of ``config.to_dict()``.
+
+    A mapping is hashed as given (pass ``to_dict()`` output).  Equal configurations (e.g.
+    ``gamma: 10`` and ``gamma: 10.0``, or a default written out) share a hash; any change of
+    a value, including ``name``, changes it.
+    """
+    d = config.to_dict() if isinstance(config, Config) else config
+    return hashlib.sha256(canonical_json(d).encode("ascii")).hexdigest()[:16]
+
+
+def temperature_tag(value: float, kind: str = "beta") -> str:
+    """Filesystem-safe tag of a temperature: ``kind`` ("beta" or "T") then the value.
+
+    The value is written with 4 decimals (``beta0.6000``, ``T2.2690``) when that is exact,
+    otherwise as the shortest positional decimal that round-trips (``beta0.440686793509772``),
+    so distinct values always get distinct tags and a value's tag never depends on the others.
+    """
+    if kind not in ("beta", "T"):
+        raise ValueError(f"kind must be 'beta' or 'T', got {kind!r}")
+    value = float(value)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"value must be a finite number > 0, got {value!r}")
+    fixed = f"{value:.4f}"
+    if float(fixed) == value:
+        return kind + fixed
+    return kind + np.format_float_positional(value, unique=True, trim="-")
+
+
+def expand_runs(config: Config) -> list[RunSpec]:
+    """One :class:`RunSpec` per (method, temperature): methods in the order given, each over
+    the temperatures in the order given.  Tags use β when the config gives ``beta`` and
+    T when it gives ``temperature`` (see :func:`temperature_tag`)."""
+    system = config.system
+    kind = "beta" if system.beta is not None else "T"
+    given = system.beta if system.beta is not None else system.temperature
+    runs = []
+    for method in config.methods:
+        for value, beta, temperature in zip(given, system.betas, system.temperatures):
+            tag = temperature_tag(value, kind)
+            runs.append(RunSpec(method, beta, temperature, tag, f"{method}_{tag}"))
+    return runs
+
+
+def _per_dim(value, dim: int, field: str, names: Sequence[str]) -> tuple | None:
+    if value is None:
+        return None
+    if isinstance(value, tuple):
+        if len(value) != dim:
+            raise ConfigError(
+                field,
+                f"has {len(value)} entries but the CV has {dim} dimension(s) ({', '.join(names)}); "
+                f"give one value per dimension or a single value",
+            )
+        return value
+    return (value,) * dim
+
+
+def validate_bias_grid(config: Config, cv_spec: Any, *, tolerance: float = 1e-9) -> BiasGrid:
+    """Check the bias settings against a CV and return the resolved per-dimension grid.
+
+    ``cv_spec`` needs ``.names``, ``.lower``, ``.upper``, ``.dim`` and optionally ``.spacing``
+    (distance between attainable CV values).  Checks: list lengths of sigma / grid_points /
+    grid_min / grid_max equal ``dim``; [grid_min, grid_max] covers [lower, upper]; with
+    ``grid_points: null`` the bounds are CV values (lower − k·spacing) and the node count is
+    aligned to the spacing; explicit ``grid_points`` must not be coarser than the spacing
+    (several CV values would share one node).  Raises :class:`ConfigError` naming the field.
+    """
+    bias = config.bias
+    dim = int(cv_spec.dim)
+    names = tuple(cv_spec.names)
+    lower = tuple(float(v) for v in cv_spec.lower)
+    upper = tuple(float(v) for v in cv_spec.upper)
+    spacing = getattr(cv_spec, "spacing", None)
+    spacing = None if spacing is None else tuple(float(v) for v in spacing)
+
+    sigma = _per_dim(bias.sigma, dim, "bias.sigma", names)
+    points = _per_dim(bias.grid_points, dim, "bias.grid_points", names)
+    gmin = _per_dim(bias.grid_min, dim, "bias.grid_min", names) or lower
+    gmax = _per_dim(bias.grid_max, dim, "bias.grid_max", names) or upper
+
+    resolved_points = []
+    for k in range(dim):
+        span = max(1.0, upper[k] - lower[k])
+        tol = tolerance * span
+        if gmin[k] > lower[k] + tol:
+            raise ConfigError(
+                "bias.grid_min",
+                f"grid starts at {gmin[k]} but CV {names[k]!r} reaches down to {lower[k]}; "
+                f"set grid_min <= {lower[k]} or leave it null",
+            )
+        if gmax[k] < upper[k] - tol:
+            raise ConfigError(
+                "bias.grid_max",
+                f"grid ends at {gmax[k]} but CV {names[k]!r} reaches up to {upper[k]}; "
+                f"set grid_max >= {upper[k]} or leave it null",
+            )
+        if points is None:
+            if spacing is None:
+                raise ConfigError(
+                    "bias.grid_points", f"CV {names[k]!r} has no spacing to align to; give grid_points explicitly"
+                )
+            for field, bound in (("bias.grid_min", gmin[k]), ("bias.grid_max", gmax[k])):
+                steps = (lower[k] - bound) / spacing[k]
+                if abs(steps - round(steps)) > 1e-6:
+                    raise ConfigError(
+                        field,
+                        f"{bound} is not an attainable value of CV {names[k]!r} (values {lower[k]} + k*{spacing[k]}), "
+                        "so an aligned grid (grid_points: null) cannot start or end there; "
+                        "use attainable bounds or give grid_points",
+                    )
+            resolved_points.append(int(round((gmax[k] - gmin[k]) / spacing[k])) + 1)
+        else:
+            if spacing is not None:
+                node_spacing = (gmax[k] - gmin[k]) / (points[k] - 1)
+                if node_spacing > spacing[k] * (1 + 1e-9):
+                    needed = int(round((gmax[k] - gmin[k]) / spacing[k])) + 1
+                    raise ConfigError(
+                        "bias.grid_points",
+                        f"{points[k]} points put nodes {node_spacing:.6g} apart, coarser than the spacing "
+                        f"{spacing[k]:.6g} of CV {names[k]!r}, so several CV values would share a node; "
+                        f"use grid_points: null (aligned) or at least {needed}",
+                    )
+            resolved_points.append(points[k])
+    return BiasGrid(lower=tuple(gmin), upper=tuple(gmax), grid_points=tuple(resolved_points), sigma=sigma)

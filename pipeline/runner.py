@@ -1,0 +1,514 @@
+"""Executing runs: one (method, temperature) of a config, and a campaign of them.
+
+Layout written under ``OUT/<config name>/<method>_<temperature tag>/`` (README "Outputs"):
+config.yaml, observables.parquet, fes.parquet, histograms.parquet, samples.parquet,
+HILLS (biased methods), fes.png, cv_histogram.png, bias_growth.png (trained methods),
+checkpoints/checkpoint.pt (trained methods), summary.json (written last: its presence
+marks a finished run). Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+
+from pipeline import estimators as est
+from pipeline import plots
+from pipeline.bias import WellTemperedGridBias
+from pipeline.config import Config, ConfigError, RunSpec, config_hash, expand_runs, validate_bias_grid
+from pipeline.outputs import (atomic_write_bytes, atomic_write_text, fes_table, observables_table,
+                              provenance_metadata, samples_table, write_parquet, write_yaml)
+from pipeline.references import ChainRecord, run_mcmc_metadynamics, run_metropolis, run_swendsen_wang
+from pipeline.sampler import MaskedDiffusionSampler, build_denoiser
+from pipeline.training import DualLoopTrainer, TrainingSettings
+from systems.exact import exact_ensemble
+from systems.registry import make_system
+
+NEURAL_METHODS = ("metadns", "mdns", "mdns-warmstart")
+UNBIASED_REFERENCES = ("sw", "metropolis")      # preferred reference for comparisons, in order
+EXACT_ENUMERATION_LIMIT = 2 ** 20               # states; below it comparisons use exact values
+LOW_ESS_FRACTION = 0.01
+LOW_COVERAGE = 0.9
+
+
+class RunFolderExists(Exception):
+    """A run folder exists and --resume was not given."""
+
+
+@dataclass
+class Campaign:
+    """All runs of one config, in execution order (unbiased references first)."""
+
+    config: Config
+    root: Path
+    runs: list[RunSpec]
+    resume: bool
+
+
+@dataclass
+class RunContext:
+    config: Config
+    spec: RunSpec
+    system: object
+    run_dir: Path
+    seed: int
+    metadata: dict
+    progress: bool
+    reference: "ReferenceData | None"
+
+
+@dataclass
+class ReferenceData:
+    """What comparisons are made against: exact enumeration or an unbiased chain run."""
+
+    label: str
+    cv_histogram: np.ndarray          # probabilities on the CV bins (flattened)
+    energy_histogram: np.ndarray      # probabilities on the E/N bins
+    fes_kT: np.ndarray                # F on the CV grid (NaN where unknown), min 0
+
+
+@dataclass
+class RunResult:
+    spec: RunSpec
+    run_dir: Path
+    summary: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- setup
+def build_system(config: Config):
+    return make_system(config.system.name, **config.system.system_params())
+
+
+def build_bias(config: Config, system, beta: float, hills_per_cycle: int) -> WellTemperedGridBias:
+    """Grid bias for this run: h0 = height_per_cycle·kT / hills_per_cycle (ALGORITHM.md §3)."""
+    grid = validate_bias_grid(config, system.cv_spec)
+    kT = 1.0 / beta
+    try:
+        return WellTemperedGridBias(grid.lower, grid.upper, grid.grid_points, grid.sigma, config.bias.gamma,
+                                    kT, config.bias.hill_height(kT, hills_per_cycle),
+                                    cv_spacing=system.cv_spec.spacing)
+    except ValueError as error:
+        raise ConfigError("bias.grid_points", str(error)) from error
+
+
+def build_sampler(config: Config, system) -> MaskedDiffusionSampler:
+    s = config.sampler
+    sizes = {"hidden": s.hidden, "layers": s.layers}
+    if s.denoiser == "transformer":
+        sizes["heads"] = s.heads
+    denoiser = build_denoiser(s.denoiser, system, **sizes)
+    return MaskedDiffusionSampler(denoiser, system.n_sites, system.n_states, sites_per_step=s.sites_per_step)
+
+
+def derive_seed(seed: int, run_name: str) -> int:
+    """Independent, reproducible seed for one run of a campaign."""
+    digest = hashlib.sha256(f"{seed}:{run_name}".encode()).digest()
+    return int.from_bytes(digest[:6], "little")
+
+
+def prepare_campaign(config: Config, out_root: Path, resume: bool) -> Campaign:
+    """Validate everything that can be checked before any file is written."""
+    system = build_system(config)
+    runs = expand_runs(config)
+    for spec in runs:
+        build_bias(config, system, spec.beta, config.training.batch_size)
+    root = Path(out_root) / config.name
+    if not resume:
+        existing = [spec.run_name for spec in runs if (root / spec.run_name).exists()]
+        if existing:
+            raise RunFolderExists(f"run folder(s) {', '.join(existing)} already exist under {root}; "
+                                  "pass --resume to continue them or choose another --out")
+    priority = {m: i for i, m in enumerate(UNBIASED_REFERENCES)}
+    runs.sort(key=lambda r: priority.get(r.method, len(priority)))
+    return Campaign(config, root, runs, resume)
+
+
+def run_campaign(campaign: Campaign, progress: bool = True) -> list[RunResult]:
+    """Execute every run of the campaign in order; returns their summaries."""
+    campaign.root.mkdir(parents=True, exist_ok=True)
+    results = []
+    for spec in campaign.runs:
+        if progress:
+            print(f"== {campaign.config.name}: {spec.run_name}", flush=True)
+        results.append(execute_run(campaign, spec, progress))
+    return results
+
+
+def execute_run(campaign: Campaign, spec: RunSpec, progress: bool = True) -> RunResult:
+    config = campaign.config
+    run_dir = campaign.root / spec.run_name
+    summary_path = run_dir / "summary.json"
+    if summary_path.exists():
+        return RunResult(spec, run_dir, json.loads(summary_path.read_text()))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    system = build_system(config)
+    seed = derive_seed(config.seed, spec.run_name)
+    resolved = config.to_dict()
+    resolved["run"] = {"method": spec.method, "beta": spec.beta, "temperature": spec.temperature,
+                       "seed": seed}
+    write_yaml(run_dir / "config.yaml", resolved)
+    metadata = provenance_metadata(config.to_dict(), seed, extra={"run": spec.run_name})
+    ctx = RunContext(config, spec, system, run_dir, seed, metadata, progress,
+                     _reference_for(campaign, spec, system))
+    if spec.method in NEURAL_METHODS:
+        summary = _run_neural(ctx)
+    else:
+        summary = _run_reference(ctx)
+    for warning in summary["warnings"]:
+        print(f"WARNING [{spec.run_name}]: {warning}", flush=True)
+    atomic_write_text(summary_path, json.dumps(summary, indent=2, default=float))
+    return RunResult(spec, run_dir, summary)
+
+
+# ----------------------------------------------------------------------------- bins and references
+def cv_bin_edges(system) -> list[np.ndarray]:
+    """One bin per attainable CV value per dimension (fixed for a system)."""
+    spec = system.cv_spec
+    return est.bin_edges_for_cv_grid(spec.lower, spec.upper, spec.spacing)
+
+
+def _histogram_inputs(system, cv: np.ndarray, edges):
+    return (cv[:, 0], edges[0]) if len(edges) == 1 else (cv, edges)
+
+
+def _reference_for(campaign: Campaign, spec: RunSpec, system) -> ReferenceData | None:
+    """Exact enumeration for tiny systems, else a finished unbiased chain run at this β."""
+    if system.n_states ** system.n_sites <= EXACT_ENUMERATION_LIMIT:
+        return _exact_reference(system, spec.beta)
+    for method in UNBIASED_REFERENCES:
+        if method == spec.method:
+            return None
+        folder = campaign.root / f"{method}_{spec.temperature_tag}"
+        if (folder / "summary.json").exists():
+            return _load_reference(folder, method)
+    return None
+
+
+def _exact_reference(system, beta) -> ReferenceData:
+    ensemble = exact_ensemble(system, beta)
+    log_w = ensemble.log_prob
+    cv = system.cv(ensemble.states.long()).numpy()
+    values, edges = _histogram_inputs(system, cv, cv_bin_edges(system))
+    cv_hist, _ = est.weighted_histogram(values, log_w, edges)
+    e_site = ensemble.energies / system.n_sites
+    e_hist, _ = est.weighted_histogram(e_site, log_w, system.energy_per_site_bin_edges())
+    fes, _ = est.fes_from_samples(values, log_w, edges)
+    return ReferenceData("exact", cv_hist.ravel(), e_hist, fes)
+
+
+def _load_reference(folder: Path, method: str) -> ReferenceData:
+    hist = pd.read_parquet(folder / "histograms.parquet")
+    fes = pd.read_parquet(folder / "fes.parquet")
+    mine = hist[hist.estimator == "mcmc"]
+    cv_hist = mine[mine.quantity == "cv"].sort_values("bin").probability.to_numpy()
+    e_hist = mine[mine.quantity == "energy_per_site"].sort_values("bin").probability.to_numpy()
+    return ReferenceData(method, cv_hist, e_hist, fes[fes.source == "samples"].free_energy_kT.to_numpy())
+
+
+# ----------------------------------------------------------------------------- neural methods
+def _run_neural(ctx: RunContext) -> dict:
+    config, spec, system = ctx.config, ctx.spec, ctx.system
+    t = config.training
+    torch.manual_seed(ctx.seed)  # parameter initialisation only; all sampling uses explicit generators
+    sampler = build_sampler(config, system)
+    warmstart = (t.warmstart_beta, t.warmstart_iterations) if spec.method == "mdns-warmstart" else None
+    settings = TrainingSettings(
+        outer_iterations=t.outer_iterations, batch_size=t.batch_size, inner_steps=t.inner_steps,
+        maskings=t.maskings, learning_rate=t.learning_rate, weight_decay=t.weight_decay,
+        ema_decay_max=t.ema_decay_max, replay_buffer_size=t.replay_buffer_size, warmstart=warmstart)
+    bias = build_bias(config, system, spec.beta, t.batch_size) if spec.method == "metadns" else None
+    trainer = DualLoopTrainer(system, sampler, spec.beta, settings, bias=bias, seed=ctx.seed)
+    checkpoint = ctx.run_dir / "checkpoints" / "checkpoint.pt"
+    if checkpoint.exists():
+        trainer.load_state_dict(torch.load(checkpoint, weights_only=False))
+
+    def save_checkpoint(tr: DualLoopTrainer) -> None:
+        if tr.iteration % t.checkpoint_every == 0 or tr.finished:
+            buffer = io.BytesIO()
+            torch.save(tr.state_dict(), buffer)
+            checkpoint.parent.mkdir(exist_ok=True)
+            atomic_write_bytes(checkpoint, buffer.getvalue())
+
+    trainer.train(progress=ctx.progress, on_iteration=save_checkpoint)
+
+    # Fresh i.i.d. samples from the frozen EMA sampler with the frozen bias (§6).
+    start = time.perf_counter()
+    batch = trainer.ema_sampler.sample(config.sampling.n_samples, trainer.generator,
+                                       batch_size=config.sampling.batch_size)
+    generation_s = time.perf_counter() - start
+    x = batch.x
+    energy = system.energy(x).numpy()
+    cv = system.cv(x).numpy()
+    bias_energy = bias.value(cv) if bias is not None else np.zeros(len(energy))
+    log_q = batch.log_q.numpy()
+    log_w_lik = est.log_weights_likelihood(energy, log_q, spec.beta)
+    log_w_bias = est.log_weights_bias(bias_energy, spec.beta)
+    log_w_biased_target = est.log_weights_biased_target(energy, bias_energy, log_q, spec.beta)
+    observables = {k: v.numpy() for k, v in system.observables(x).items()}
+    n = len(energy)
+
+    rows = []
+    for estimator, log_w in (("likelihood", log_w_lik), ("bias", log_w_bias)):
+        ess = est.kish_ess(log_w)
+        for name, values in observables.items():
+            mean, stderr = est.weighted_mean_and_stderr(values, log_w)
+            rows.append(_row(ctx, estimator, name, system.observable_units[name], mean, stderr, ess, n))
+    ln_z, ln_z_err = est.log_partition_function(log_w_lik)
+    rows.append(_row(ctx, "likelihood", "log_partition_function", "1", ln_z, ln_z_err, est.kish_ess(log_w_lik), n))
+    rows.append(_row(ctx, "biased_target", "ess_fraction", "1", est.kish_ess(log_w_biased_target) / n,
+                     math.nan, est.kish_ess(log_w_biased_target), n))
+    rows.append(_row(ctx, "likelihood", "ess_fraction", "1", est.kish_ess(log_w_lik) / n, math.nan,
+                     est.kish_ess(log_w_lik), n))
+    mh_rng = np.random.default_rng(ctx.seed)
+    chain_idx, acceptance = est.independence_metropolis_hastings(log_w_lik, mh_rng)
+    if config.sampling.metropolis_hastings:
+        for name, values in observables.items():
+            mean, stderr = est.mcmc_mean_and_stderr(values[chain_idx][:, None])
+            rows.append(_row(ctx, "mh", name, system.observable_units[name], mean, stderr, math.nan, n))
+        rows.append(_row(ctx, "mh", "acceptance_rate", "1", acceptance, math.nan, math.nan, n))
+    history = trainer.history
+    rows += _cost_rows(ctx, n, trainer.energy_evaluations + n, bias.n_hills if bias is not None else 0,
+                       trainer.elapsed_s, generation_s)
+
+    edges = cv_bin_edges(system)
+    hist_values, hist_edges = _histogram_inputs(system, cv, edges)
+    histograms = {}
+    for estimator, log_w in (("likelihood", log_w_lik), ("bias", log_w_bias)):
+        histograms[estimator] = (est.weighted_histogram(hist_values, log_w, hist_edges),
+                                 est.weighted_histogram(energy / system.n_sites, log_w,
+                                                        system.energy_per_site_bin_edges()))
+    fes_samples = est.fes_from_samples(hist_values, log_w_lik, hist_edges)
+    fes_bias = bias.free_energy() if bias is not None else None
+
+    _write_common(ctx, rows, histograms, fes_samples, fes_bias, bias)
+    write_parquet(samples_table(x.to(torch.int8).numpy(), batch.order.to(torch.int16).numpy(), energy, cv,
+                                system.cv_spec.names, log_q, log_w_bias, log_w_lik),
+                  ctx.run_dir / "samples.parquet", ctx.metadata)
+    if history:
+        plots.plot_bias_growth(ctx.run_dir / "bias_growth.png", [r.iteration for r in history],
+                               [r.max_bias_kT for r in history], [r.cv_coverage for r in history],
+                               title=f"{spec.run_name}: bias growth and CV coverage")
+
+    ess_fraction = est.kish_ess(log_w_lik) / n
+    coverage = history[-1].cv_coverage if history else math.nan
+    warnings = []
+    if ess_fraction < LOW_ESS_FRACTION:
+        warnings.append(f"physical-target ESS/n = {ess_fraction:.4f} is below {LOW_ESS_FRACTION}: "
+                        "likelihood-weighted estimates are unreliable")
+    if coverage < LOW_COVERAGE:
+        warnings.append(f"fresh samples spanned only {coverage:.0%} of the CV range during training: "
+                        "the sampler may have missed a mode (ESS alone does not reveal mode collapse)")
+    return _summary(ctx, warnings, ess_fraction=ess_fraction, cv_coverage=coverage,
+                    mh_acceptance=acceptance, training_wall_time_s=trainer.elapsed_s,
+                    generation_wall_time_s=generation_s, n_samples=n,
+                    energy_evaluations=trainer.energy_evaluations + n,
+                    hills=bias.n_hills if bias is not None else 0)
+
+
+# ----------------------------------------------------------------------------- reference methods
+def _run_reference(ctx: RunContext) -> dict:
+    config, spec, system = ctx.config, ctx.spec, ctx.system
+    r = config.reference
+    generator = torch.Generator().manual_seed(ctx.seed)
+    bias = None
+    if spec.method == "sw":
+        record = run_swendsen_wang(system, spec.beta, r.chains, r.sweeps, r.burn_in, generator, ctx.progress)
+    elif spec.method == "metropolis":
+        record = run_metropolis(system, spec.beta, r.chains, r.sweeps, r.burn_in, generator, ctx.progress)
+    else:
+        bias = build_bias(config, system, spec.beta, r.chains)
+        reference_fes = ctx.reference.fes_kT if ctx.reference is not None else None
+        record = run_mcmc_metadynamics(system, spec.beta, bias, r.chains, r.sweeps, r.burn_in,
+                                       r.deposit_every, generator, reference_fes, ctx.progress)
+    return _summarise_chains(ctx, record, bias)
+
+
+def _summarise_chains(ctx: RunContext, record: ChainRecord, bias) -> dict:
+    system, spec = ctx.system, ctx.spec
+    n_steps, n_chains, D = record.states.shape
+    flat = record.states.reshape(-1, D).long()
+    energy = system.energy(flat).numpy()
+    cv = system.cv(flat).numpy()
+    observables = {k: v.numpy().reshape(n_steps, n_chains) for k, v in system.observables(flat).items()}
+    n = n_steps * n_chains
+    log_w = record.log_w
+    rows = []
+    for name, values in observables.items():
+        mean, stderr = est.chain_weighted_mean_and_stderr(values, log_w)
+        rows.append(_row(ctx, "mcmc", name, system.observable_units[name], mean, stderr, math.nan, n))
+    rows += _cost_rows(ctx, n, record.energy_evaluations, record.hills, record.wall_time_s, 0.0)
+
+    edges = cv_bin_edges(system)
+    hist_values, hist_edges = _histogram_inputs(system, cv, edges)
+    e_site = energy / system.n_sites
+    histograms = {"mcmc": (_chain_histogram(hist_values, log_w, hist_edges, n_steps, n_chains),
+                           _chain_histogram(e_site, log_w, system.energy_per_site_bin_edges(), n_steps, n_chains))}
+    fes_samples = est.fes_from_samples(hist_values, log_w.ravel(), hist_edges)
+    # stderr of F from the chain-aware histogram errors: σ_F = σ_P / P.
+    p, p_err = histograms["mcmc"][0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fes_samples = (fes_samples[0], np.where(p > 0, p_err / p, np.nan))
+    _write_common(ctx, rows, histograms, fes_samples, bias.free_energy() if bias is not None else None, bias)
+    # Chain states were not generated by the neural sampler: order −1, log q and
+    # likelihood weights NaN; log_w_bias holds the chain's physical-target weight.
+    states = record.states.reshape(-1, D).numpy()
+    no_likelihood = np.full(n, np.nan)
+    write_parquet(samples_table(states, np.full(states.shape, -1), energy, cv, system.cv_spec.names,
+                                no_likelihood, log_w.ravel(), no_likelihood),
+                  ctx.run_dir / "samples.parquet", ctx.metadata)
+    extra = {}
+    if record.fes_rmse_history:
+        extra["fes_rmse_history"] = record.fes_rmse_history
+    return _summary(ctx, [], n_samples=n, energy_evaluations=record.energy_evaluations,
+                    hills=record.hills, wall_time_s=record.wall_time_s, **extra)
+
+
+def _chain_histogram(values, log_w, edges, n_steps, n_chains):
+    """Bin probabilities with autocorrelation-aware stderr (one indicator series per bin)."""
+    flat_edges = edges if isinstance(edges, np.ndarray) else None
+    if flat_edges is not None:
+        idx = np.clip(np.searchsorted(flat_edges, values, side="right") - 1, 0, len(flat_edges) - 2)
+        n_bins = len(flat_edges) - 1
+    else:
+        i0 = np.searchsorted(edges[0], values[:, 0], side="right") - 1
+        i1 = np.searchsorted(edges[1], values[:, 1], side="right") - 1
+        n_bins = (len(edges[0]) - 1) * (len(edges[1]) - 1)
+        idx = i0 * (len(edges[1]) - 1) + i1
+    idx = idx.reshape(n_steps, n_chains)
+    probabilities = np.zeros(n_bins)
+    stderr = np.zeros(n_bins)
+    for b in np.unique(idx):  # loop over occupied bins, not samples
+        probabilities[b], stderr[b] = est.chain_weighted_mean_and_stderr((idx == b).astype(np.float64), log_w)
+    shape = n_bins if flat_edges is not None else (len(edges[0]) - 1, len(edges[1]) - 1)
+    return probabilities.reshape(shape), stderr.reshape(shape)
+
+
+# ----------------------------------------------------------------------------- writing
+def _row(ctx: RunContext, estimator, observable, unit, value, stderr, ess, n) -> dict:
+    return {"system": ctx.system.name, "method": ctx.spec.method, "temperature": ctx.spec.temperature,
+            "beta": ctx.spec.beta, "delta_mu": 0.0, "estimator": estimator, "observable": observable,
+            "unit": unit, "value": float(value), "stderr": float(stderr), "ess": float(ess),
+            "n_samples": int(n)}
+
+
+def _cost_rows(ctx, n, energy_evaluations, hills, training_s, generation_s) -> list[dict]:
+    return [_row(ctx, "cost", "energy_evaluations", "count", energy_evaluations, math.nan, math.nan, n),
+            _row(ctx, "cost", "bias_depositions", "hills", hills, math.nan, math.nan, n),
+            _row(ctx, "cost", "training_wall_time", "s", training_s, math.nan, math.nan, n),
+            _row(ctx, "cost", "generation_wall_time", "s", generation_s, math.nan, math.nan, n)]
+
+
+def _write_common(ctx: RunContext, rows, histograms, fes_samples, fes_bias, bias) -> None:
+    system, spec = ctx.system, ctx.spec
+    write_parquet(observables_table(rows), ctx.run_dir / "observables.parquet", ctx.metadata)
+
+    edges = cv_bin_edges(system)
+    centres = [0.5 * (e[1:] + e[:-1]) for e in edges]
+    grid = np.stack(np.meshgrid(*centres, indexing="ij"), axis=-1).reshape(-1, len(centres))
+    tables = [fes_table(system.cv_spec.names, grid, fes_samples[0].ravel(), fes_samples[1].ravel(), "samples")]
+    if fes_bias is not None:
+        bias_grid = np.stack(np.meshgrid(*bias.axes, indexing="ij"), axis=-1).reshape(-1, bias.dim)
+        tables.append(fes_table(system.cv_spec.names, bias_grid, fes_bias.ravel(),
+                                np.full(fes_bias.size, np.nan), "bias"))
+    write_parquet(pa.concat_tables(tables), ctx.run_dir / "fes.parquet", ctx.metadata)
+
+    hist_rows = []
+    e_edges = system.energy_per_site_bin_edges()
+    for estimator, ((cv_p, cv_err), (e_p, e_err)) in histograms.items():
+        for quantity, p, err, lo, hi in (
+                ("cv", cv_p.ravel(), cv_err.ravel(), None, None),
+                ("energy_per_site", e_p, e_err, e_edges[:-1], e_edges[1:])):
+            frame = pd.DataFrame({"estimator": estimator, "quantity": quantity, "bin": np.arange(p.size),
+                                  "probability": p, "stderr": err})
+            frame["bin_lower"] = lo if lo is not None else np.nan
+            frame["bin_upper"] = hi if hi is not None else np.nan
+            hist_rows.append(frame)
+    write_parquet(pd.concat(hist_rows, ignore_index=True), ctx.run_dir / "histograms.parquet", ctx.metadata)
+
+    if bias is not None:
+        bias.write_hills(ctx.run_dir / "HILLS", system.cv_spec.names)
+
+    ref = ctx.reference
+    main_estimator = "mcmc" if "mcmc" in histograms else "likelihood"
+    if system.cv_spec.dim == 1:
+        curves = {f"{main_estimator}-weighted samples": (fes_samples[0], fes_samples[1])}
+        if fes_bias is not None:
+            curves["bias (γ/(γ−1) V)"] = (_on_centres(bias, fes_bias, centres[0]), None)
+        if ref is not None:
+            curves[f"reference ({ref.label})"] = (ref.fes_kT, None)
+        plots.plot_fes(ctx.run_dir / "fes.png", centres[0], curves, system.cv_spec.names,
+                       title=f"{spec.run_name}: free energy")
+        hist_curves = {label: histograms[key][0] for key, label in
+                       ((main_estimator, f"{main_estimator}-weighted"), ("bias", "bias-weighted"))
+                       if key in histograms}
+        if ref is not None:
+            hist_curves[f"reference ({ref.label})"] = (ref.cv_histogram, None)
+        plots.plot_cv_histograms(ctx.run_dir / "cv_histogram.png", centres[0], hist_curves,
+                                 system.cv_spec.names[0], title=f"{spec.run_name}: CV distribution")
+    else:
+        plots.plot_fes(ctx.run_dir / "fes.png", centres, {"samples": (fes_samples[0], None)},
+                       system.cv_spec.names, title=f"{spec.run_name}: free energy (samples)")
+
+
+def _on_centres(bias, fes_bias, centres):
+    """Bias FES read at the histogram bin centres (nearest node)."""
+    return bias.free_energy()[np.argmin(np.abs(bias.axes[0][None, :] - centres[:, None]), axis=1)]
+
+
+def _summary(ctx: RunContext, warnings: list[str], **figures) -> dict:
+    return {"run": ctx.spec.run_name, "method": ctx.spec.method, "beta": ctx.spec.beta,
+            "temperature": ctx.spec.temperature, "seed": ctx.seed,
+            "config_hash": config_hash(ctx.config), "warnings": warnings, **figures}
+
+
+# ----------------------------------------------------------------------------- comparison table
+def comparison_table(campaign: Campaign, results: list[RunResult]) -> pd.DataFrame:
+    """One row per run: headline observables (main estimator), ESS, JS vs the reference."""
+    rows = []
+    system = build_system(campaign.config)
+    for result in results:
+        obs = pd.read_parquet(result.run_dir / "observables.parquet")
+        hist = pd.read_parquet(result.run_dir / "histograms.parquet")
+        estimator = "mcmc" if result.spec.method not in NEURAL_METHODS else "likelihood"
+        row = {"run": result.spec.run_name, "method": result.spec.method, "beta": result.spec.beta,
+               "estimator": estimator}
+        mine = obs[obs.estimator == estimator].set_index("observable")
+        for name in system.headline_observables:
+            row[name] = mine.loc[name, "value"]
+            row[f"{name}_stderr"] = mine.loc[name, "stderr"]
+        if estimator == "likelihood":
+            row["ess_fraction"] = obs[(obs.estimator == "likelihood") & (obs.observable == "ess_fraction")].value.iloc[0]
+        reference = _reference_for(campaign, result.spec, system)
+        if reference is not None:
+            mine_h = hist[hist.estimator == estimator]
+            for quantity, ref_p in (("cv", reference.cv_histogram), ("energy_per_site", reference.energy_histogram)):
+                p = mine_h[mine_h.quantity == quantity].sort_values("bin").probability.to_numpy()
+                row[f"js_{quantity}"] = est.js_divergence(p, ref_p)
+            row["reference"] = reference.label
+        cost = obs[obs.estimator == "cost"].set_index("observable").value
+        row["energy_evaluations"] = cost["energy_evaluations"]
+        row["hills"] = cost["bias_depositions"]
+        row["wall_time_s"] = cost["training_wall_time"] + cost["generation_wall_time"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def print_comparison(campaign: Campaign, results: list[RunResult]) -> pd.DataFrame:
+    table = comparison_table(campaign, results)
+    write_parquet(table, campaign.root / "comparison.parquet",
+                  provenance_metadata(campaign.config.to_dict(), campaign.config.seed))
+    with pd.option_context("display.max_columns", None, "display.width", 200,
+                           "display.float_format", "{:.4g}".format):
+        print(table.to_string(index=False))
+    return table

@@ -1,0 +1,28 @@
+"""MDNS sampler: denoiser networks, the unmasking loop with exact path likelihoods, WDCE loss."""
+
+from pipeline.sampler.denoisers import (
+    DENOISER_KINDS,
+    LatticeLocalDenoiser,
+    TransformerDenoiser,
+    build_denoiser,
+)
+from pipeline.sampler.masked_diffusion import (
+    MaskedDiffusionSampler,
+    SampleBatch,
+    cosine_group_sizes,
+    group_sizes,
+)
+from pipeline.sampler.wdce import MAX_INVERSE_MASK_LEVEL, wdce_loss
+
+__all__ = [
+    "DENOISER_KINDS",
+    "LatticeLocalDenoiser",
+    "TransformerDenoiser",
+    "build_denoiser",
+    "MaskedDiffusionSampler",
+    "SampleBatch",
+    "cosine_group_sizes",
+    "group_sizes",
+    "MAX_INVERSE_MASK_LEVEL",
+    "wdce_loss",
+]

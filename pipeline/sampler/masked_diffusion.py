@@ -1,0 +1,308 @@
+"""MDNS generation loop and exact path likelihood (ALGORITHM.md §4).
+
+An any-order autoregressive sampler over x ∈ {0..q−1}^D.  Generation starts all-MASK,
+draws a random order σ independently of x — a uniformly random permutation of the sites
+cut into consecutive groups ("steps") — and at each step reveals the step's sites, each
+drawn from its own conditional p_θ(x_d | revealed context).  The order is stored as
+
+    order[b, d] = index of the step at which site d of sample b is revealed
+
+(steps 0..T−1; a valid order uses every step index from 0 to its maximum, so it encodes
+both the permutation up to within-step order and the grouping).  The path log-likelihood
+
+    log q(x | σ) = Σ_t Σ_{d: order[d] = t} log p_θ(x_d | x_{order < t})
+
+is exact for the actual generation process, so π(x)/q(x|σ) is a valid importance weight
+on (x, σ).  ``log_prob`` replays the same steps and reproduces ``log_q`` for the order that
+generated x; re-scoring with a fresh order is fine for training targets but not for weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = ["MaskedDiffusionSampler", "SampleBatch", "group_sizes", "cosine_group_sizes"]
+
+_CPU_ROWS_PER_CHUNK = 1 << 15   # B·D per network call on CPU: keeps activations cache-sized
+_ACCELERATOR_ROWS_PER_CHUNK = 1 << 21
+
+
+@dataclass
+class SampleBatch:
+    """Samples with the orders that generated them and their exact path log-likelihoods.
+
+    x: int64 ``(n, D)`` states in {0..q−1}.  order: int64 ``(n, D)`` step index per site.
+    log_q: float64 ``(n,)`` log q(x | order) in nats.  Unpacks as ``x, order, log_q = batch``.
+    """
+
+    x: torch.Tensor
+    order: torch.Tensor
+    log_q: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def __iter__(self):
+        return iter((self.x, self.order, self.log_q))
+
+
+def group_sizes(n_sites: int, sites_per_step) -> tuple[int, ...]:
+    """Number of sites revealed at each step.
+
+    sites_per_step: an int k (groups of k, the last one smaller when D % k ≠ 0) or a
+    sequence of positive group sizes summing to D (e.g. from ``cosine_group_sizes``).
+    """
+    if isinstance(sites_per_step, numbers.Integral) and not isinstance(sites_per_step, bool):
+        k = int(sites_per_step)
+        if not 1 <= k <= n_sites:
+            raise ValueError(f"sites_per_step must be an integer in [1, n_sites={n_sites}], got {k}")
+        return (k,) * (n_sites // k) + ((n_sites % k,) if n_sites % k else ())
+    if isinstance(sites_per_step, (Sequence, torch.Tensor)) and not isinstance(sites_per_step, str):
+        sizes = tuple(int(s) for s in sites_per_step)
+        if len(sizes) == 0 or min(sizes) < 1 or sum(sizes) != n_sites:
+            raise ValueError(f"sites_per_step as a sequence must hold positive group sizes summing to "
+                             f"n_sites={n_sites}, got {sizes}")
+        return sizes
+    raise ValueError(f"sites_per_step must be an int k or a sequence of group sizes summing to n_sites, "
+                     f"got {sites_per_step!r}")
+
+
+def cosine_group_sizes(n_sites: int, n_steps: int) -> tuple[int, ...]:
+    """Group sizes for ``n_steps`` steps with a cosine reveal schedule (few sites first).
+
+    After step t (1-based) about D·(1 − cos(π t / 2T)) sites are revealed; every step reveals
+    at least one site.  Early steps (little context, strongest correlations) stay small.
+    """
+    if isinstance(n_steps, bool) or not isinstance(n_steps, numbers.Integral) or not 1 <= n_steps <= n_sites:
+        raise ValueError(f"n_steps must be an integer in [1, n_sites={n_sites}], got {n_steps!r}")
+    revealed = [0]
+    for t in range(1, n_steps + 1):  # loop over steps only
+        target = round(n_sites * (1.0 - math.cos(0.5 * math.pi * t / n_steps)))
+        target = max(target, revealed[-1] + 1)            # each step reveals ≥ 1 site
+        target = min(target, n_sites - (n_steps - t))     # leave ≥ 1 site per later step
+        revealed.append(target)
+    return tuple(b - a for a, b in zip(revealed[:-1], revealed[1:]))
+
+
+class MaskedDiffusionSampler(nn.Module):
+    """Masked-diffusion neural sampler: a denoiser plus the generic unmasking loop.
+
+    Args:
+        denoiser: nn.Module, ``tokens (B, D) int64 in {0..q} (q = MASK) -> log-probs (B, D, q)``.
+        n_sites: D.  n_states: q (the MASK token is q).
+        sites_per_step: k sites revealed per step (D/k network calls per batch), or a
+            sequence of group sizes summing to D.  Any k keeps log q exact.
+    Runs on the device and dtype of the denoiser's parameters; all randomness comes from
+    the ``torch.Generator`` passed in (draws happen on the generator's device).
+    """
+
+    def __init__(self, denoiser: nn.Module, n_sites: int, n_states: int, sites_per_step=1):
+        super().__init__()
+        if not isinstance(denoiser, nn.Module):
+            raise ValueError(f"denoiser must be an nn.Module (e.g. from build_denoiser), got {type(denoiser).__name__}")
+        for name, value in (("n_sites", n_sites), ("n_states", n_states)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if n_states < 2:
+            raise ValueError(f"n_states must be at least 2, got {n_states}")
+        for name, value in (("n_sites", n_sites), ("n_states", n_states)):
+            declared = getattr(denoiser, name, None)
+            if declared is not None and int(declared) != int(value):
+                raise ValueError(f"{name}={value} does not match the denoiser's {name}={declared}")
+        self.denoiser = denoiser
+        self.n_sites = int(n_sites)
+        self.n_states = int(n_states)
+        self.mask_token = self.n_states
+        self.group_sizes = group_sizes(self.n_sites, sites_per_step)
+        self.sites_per_step = sites_per_step if isinstance(sites_per_step, numbers.Integral) else self.group_sizes
+
+    @property
+    def n_steps(self) -> int:
+        """Network calls per generated batch (number of reveal steps)."""
+        return len(self.group_sizes)
+
+    # ------------------------------------------------------------------ public API
+    def sample(self, n: int, generator: torch.Generator, batch_size: int | None = None,
+               sites_per_step=None) -> SampleBatch:
+        """Draw n samples with fresh random orders.
+
+        Returns ``SampleBatch(x int64 (n, D), order int64 (n, D), log_q float64 (n,))`` on the
+        denoiser's device.  ``batch_size``: samples per network call (None: a cache-friendly
+        default).  ``sites_per_step`` overrides the constructor's k for this call.
+        Reproducible for a given generator state, n, batch_size and k.
+        """
+        n = self._check_count(n)
+        order = self.random_order(n, generator, sites_per_step=sites_per_step)
+        return self._generate(order, generator, batch_size)
+
+    def random_order(self, n: int, generator: torch.Generator, sites_per_step=None) -> torch.Tensor:
+        """n independent orders: a uniform random permutation per sample cut into groups.
+
+        Returns int64 ``(n, D)``, ``order[b, d]`` = step at which site d is revealed.
+        """
+        n = self._check_count(n)
+        self._check_generator(generator)
+        sizes = self.group_sizes if sites_per_step is None else group_sizes(self.n_sites, sites_per_step)
+        device = self._device()
+        permutation = self._uniform((n, self.n_sites), generator, torch.float64).argsort(dim=1)
+        step_of_position = torch.repeat_interleave(
+            torch.arange(len(sizes), device=device), torch.tensor(sizes, device=device))
+        order = torch.empty((n, self.n_sites), dtype=torch.int64, device=device)
+        order.scatter_(1, permutation, step_of_position.expand(n, -1))
+        return order
+
+    def sample_given_order(self, order: torch.Tensor, generator: torch.Generator,
+                           batch_size: int | None = None) -> SampleBatch:
+        """Generate x following given orders (n, D) instead of random ones.
+
+        log_q is then exact for q(x | that order); with a fixed, non-random order the weights
+        target the fixed-order model (useful for tests and deterministic schedules).
+        """
+        order = self._check_order(order)
+        return self._generate(order, generator, batch_size)
+
+    def log_prob(self, x: torch.Tensor, order: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+        """Exact path log-likelihood log q(x | order), float64 ``(n,)`` in nats.
+
+        Replays the generation steps (context = sites with order < t, scored = sites with
+        order == t).  Equals ``sample``'s log_q for the order that generated x.  Runs under
+        no_grad in eval mode, like ``sample``.
+        """
+        x = self._check_states(x)
+        order = self._check_order(order, n=x.shape[0])
+        device = self._device()
+        x, order = x.to(device), order.to(device)
+        batch_size = self._check_batch_size(batch_size)
+        chunks = []
+        with self._inference():
+            for start in range(0, x.shape[0], batch_size):  # loop over chunks, not samples
+                chunks.append(self._score_chunk(x[start:start + batch_size], order[start:start + batch_size]))
+        return torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.float64, device=device)
+
+    # ------------------------------------------------------------------ internals
+    def _generate(self, order: torch.Tensor, generator: torch.Generator, batch_size) -> SampleBatch:
+        self._check_generator(generator)
+        batch_size = self._check_batch_size(batch_size)
+        order = order.to(self._device())
+        xs, log_qs = [], []
+        with self._inference():
+            for start in range(0, order.shape[0], batch_size):  # loop over chunks, not samples
+                x, log_q = self._generate_chunk(order[start:start + batch_size], generator)
+                xs.append(x)
+                log_qs.append(log_q)
+        return SampleBatch(x=torch.cat(xs), order=order, log_q=torch.cat(log_qs))
+
+    def _generate_chunk(self, order: torch.Tensor, generator: torch.Generator):
+        n = order.shape[0]
+        tokens = torch.full_like(order, self.mask_token)
+        log_q = torch.zeros(n, dtype=torch.float64, device=order.device)
+        for step in range(int(order.max()) + 1):  # the only loop: over reveal steps
+            rows, cols = (order == step).nonzero(as_tuple=True)
+            log_probs = self._log_probs(tokens)[rows, cols]            # (N_step, q)
+            drawn = self._categorical(log_probs, generator)            # (N_step,)
+            tokens[rows, cols] = drawn
+            chosen = log_probs.gather(1, drawn[:, None]).squeeze(1).to(torch.float64)
+            log_q.index_add_(0, rows, chosen)
+        return tokens, log_q
+
+    def _score_chunk(self, x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        log_q = torch.zeros(n, dtype=torch.float64, device=x.device)
+        for step in range(int(order.max()) + 1):  # the only loop: over reveal steps
+            context = torch.where(order < step, x, torch.full_like(x, self.mask_token))
+            rows, cols = (order == step).nonzero(as_tuple=True)
+            log_probs = self._log_probs(context)[rows, cols]           # (N_step, q)
+            chosen = log_probs.gather(1, x[rows, cols][:, None]).squeeze(1).to(torch.float64)
+            log_q.index_add_(0, rows, chosen)
+        return log_q
+
+    def _log_probs(self, tokens: torch.Tensor) -> torch.Tensor:
+        log_probs = self.denoiser(tokens)
+        expected = (tokens.shape[0], self.n_sites, self.n_states)
+        if tuple(log_probs.shape) != expected:
+            raise ValueError(f"the denoiser returned shape {tuple(log_probs.shape)}, expected {expected} "
+                             "(log-probabilities over the q real states, never over MASK)")
+        return log_probs
+
+    def _categorical(self, log_probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """One draw per row of log_probs (N, q) by inverting the float64 CDF."""
+        cdf = log_probs.to(torch.float64).exp().cumsum(dim=1)
+        u = self._uniform((log_probs.shape[0], 1), generator, torch.float64) * cdf[:, -1:]
+        return (cdf <= u).sum(dim=1).clamp_max(self.n_states - 1)
+
+    def _uniform(self, shape, generator: torch.Generator, dtype) -> torch.Tensor:
+        draws = torch.rand(shape, generator=generator, device=generator.device, dtype=dtype)
+        return draws.to(self._device())
+
+    def _device(self) -> torch.device:
+        for tensor in self.denoiser.parameters():
+            return tensor.device
+        for tensor in self.denoiser.buffers():
+            return tensor.device
+        return torch.device("cpu")
+
+    @contextlib.contextmanager
+    def _inference(self):
+        was_training = self.denoiser.training
+        self.denoiser.eval()
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            self.denoiser.train(was_training)
+
+    def _check_batch_size(self, batch_size) -> int:
+        if batch_size is None:
+            rows = _CPU_ROWS_PER_CHUNK if self._device().type == "cpu" else _ACCELERATOR_ROWS_PER_CHUNK
+            return max(1, rows // self.n_sites)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+        return int(batch_size)
+
+    @staticmethod
+    def _check_count(n) -> int:
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+            raise ValueError(f"n must be a positive integer number of samples, got {n!r}")
+        return int(n)
+
+    @staticmethod
+    def _check_generator(generator) -> None:
+        if not isinstance(generator, torch.Generator):
+            raise ValueError("generator must be a torch.Generator, e.g. torch.Generator().manual_seed(0), "
+                             f"got {type(generator).__name__}")
+
+    def _check_states(self, x) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != self.n_sites:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x must be an int64 tensor of shape (n, {self.n_sites}), got {shape}")
+        if x.dtype.is_floating_point or x.dtype == torch.bool:
+            raise ValueError(f"x must hold integer states in [0, {self.n_states - 1}], got dtype {x.dtype}")
+        if x.numel() and (int(x.min()) < 0 or int(x.max()) >= self.n_states):
+            raise ValueError(f"x must hold states in [0, {self.n_states - 1}] (MASK is not a valid state), "
+                             f"got values in [{int(x.min())}, {int(x.max())}]")
+        return x.to(torch.int64)
+
+    def _check_order(self, order, n: int | None = None) -> torch.Tensor:
+        if not isinstance(order, torch.Tensor) or order.dim() != 2 or order.shape[1] != self.n_sites \
+                or (n is not None and order.shape[0] != n):
+            shape = tuple(order.shape) if isinstance(order, torch.Tensor) else type(order).__name__
+            rows = "n" if n is None else str(n)
+            raise ValueError(f"order must be an int64 tensor of shape ({rows}, {self.n_sites}), got {shape}")
+        if order.dtype.is_floating_point or order.dtype == torch.bool:
+            raise ValueError(f"order must hold integer step indices, got dtype {order.dtype}")
+        if order.shape[0] == 0:
+            raise ValueError("order must hold at least one row")
+        steps = order.sort(dim=1).values
+        gaps = steps[:, 1:] - steps[:, :-1]
+        if bool((steps[:, 0] != 0).any()) or bool(((gaps < 0) | (gaps > 1)).any()):
+            raise ValueError("order must assign each site a step index such that the steps used by each "
+                             "sample are exactly 0, 1, ..., T−1 (every step reveals ≥ 1 site); "
+                             "use sampler.random_order(...) or the order returned by sample()")
+        return order.to(torch.int64)

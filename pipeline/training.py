@@ -1,0 +1,329 @@
+"""The MetaDNS dual training loop (ALGORITHM.md §5).
+
+One outer iteration:
+  1. draw a fresh batch of B samples (x, order, log q) from the EMA sampler;
+  2. deposit one well-tempered hill per fresh sample into the bias (MetaDNS only),
+     all against the same snapshot of V;
+  3. take N_inner WDCE gradient steps on that batch (plus replay-buffer samples when
+     enabled), with weights log w = −β[E(x) + V(ξ(x))] − log q(x|σ) under the current V;
+  4. update the EMA copy after every gradient step.
+Hills are deposited on fresh samples only; reused samples never deposit again.
+
+Methods share this engine: ``metadns`` (bias on), ``mdns`` (no bias) and
+``mdns-warmstart`` (no bias; the first iterations train at a higher temperature).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pipeline.bias import WellTemperedGridBias
+from pipeline.estimators import kish_ess, normalized_weights
+from pipeline.sampler import MaskedDiffusionSampler, wdce_loss
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """Hyper-parameters of the dual loop.
+
+    ``warmstart`` = (β_warm, iterations): train at β_warm without bias for that many
+    outer iterations before the ``outer_iterations`` at the target β.
+    """
+
+    outer_iterations: int
+    batch_size: int = 128
+    inner_steps: int = 10
+    maskings: int = 16
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    ema_decay_max: float = 0.9999
+    replay_buffer_size: int = 0
+    warmstart: tuple[float, int] | None = None
+
+    @property
+    def total_iterations(self) -> int:
+        return self.outer_iterations + (self.warmstart[1] if self.warmstart else 0)
+
+
+@dataclass(frozen=True)
+class IterationRecord:
+    """What one outer iteration reports (one row of the training history)."""
+
+    iteration: int
+    beta: float
+    loss: float
+    ess_fraction: float        # Kish ESS / B of the fresh batch for the (biased) training target
+    max_bias_kT: float         # max V / kT after this iteration's deposition (0 without bias)
+    cv_coverage: float         # fraction of the CV range spanned so far by fresh samples
+    n_hills: int               # hills deposited so far
+    energy_evaluations: int    # energies computed so far (one per fresh sample)
+    wall_time_s: float         # seconds since the start of training (accumulated over resumes)
+
+
+class CVStratifiedReplayBuffer:
+    """Past samples kept evenly across CV strata (a training heuristic only).
+
+    Samples came from older models, so their weights are not exact importance weights:
+    never use the buffer for estimates (ALGORITHM.md §5).
+    """
+
+    def __init__(self, capacity: int):
+        if capacity < 1:
+            raise ValueError(f"replay buffer capacity must be ≥ 1, got {capacity}")
+        self.capacity = capacity
+        self.x = torch.empty(0, 0, dtype=torch.int64)
+        self.log_q = torch.empty(0, dtype=torch.float64)
+        self.stratum = torch.empty(0, dtype=torch.int64)
+
+    def __len__(self) -> int:
+        return int(self.log_q.shape[0])
+
+    def add(self, x: torch.Tensor, log_q: torch.Tensor, stratum: torch.Tensor) -> None:
+        """Append samples (x int64 (B,D), log q (B,), CV stratum id (B,)); keep ≤ capacity.
+
+        Eviction keeps the newest samples of each stratum, with the largest per-stratum
+        quota c such that Σ_s min(count_s, c) ≤ capacity.
+        """
+        if len(self) == 0:
+            self.x = x.clone()
+            self.log_q, self.stratum = log_q.clone(), stratum.clone()
+        else:
+            self.x = torch.cat([self.x, x])
+            self.log_q = torch.cat([self.log_q, log_q])
+            self.stratum = torch.cat([self.stratum, stratum])
+        if len(self) <= self.capacity:
+            return
+        _, inverse, counts = torch.unique(self.stratum, return_inverse=True, return_counts=True)
+        quota = self._largest_quota(counts)
+        # Rank within stratum, newest (largest index) first.
+        age_order = torch.arange(len(self) - 1, -1, -1)
+        key = inverse[age_order] * len(self) + torch.arange(len(self))
+        sorted_idx = age_order[torch.argsort(key)]
+        sorted_strata = inverse[sorted_idx]
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(len(self)) - starts[sorted_strata]
+        keep = torch.sort(sorted_idx[rank < quota]).values
+        self.x, self.log_q, self.stratum = self.x[keep], self.log_q[keep], self.stratum[keep]
+
+    def _largest_quota(self, counts: torch.Tensor) -> int:
+        low, high = 0, int(counts.max())
+        while low < high:
+            mid = (low + high + 1) // 2
+            if int(torch.clamp(counts, max=mid).sum()) <= self.capacity:
+                low = mid
+            else:
+                high = mid - 1
+        return low
+
+    def draw(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """n samples uniformly with replacement: (x (n,D), log q at generation (n,))."""
+        idx = torch.randint(len(self), (n,), generator=generator)
+        return self.x[idx], self.log_q[idx]
+
+    def state_dict(self) -> dict:
+        return {"capacity": self.capacity, "x": self.x, "log_q": self.log_q, "stratum": self.stratum}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.capacity = int(state["capacity"])
+        self.x, self.log_q, self.stratum = state["x"], state["log_q"], state["stratum"]
+
+
+class DualLoopTrainer:
+    """Trains a MaskedDiffusionSampler on π_V ∝ exp(−β[E + V]) with the dual loop.
+
+    ``bias=None`` trains plain MDNS (V ≡ 0). All randomness comes from one torch
+    Generator seeded with ``seed`` and saved in checkpoints, so a resumed run repeats
+    an uninterrupted one exactly on CPU.
+    """
+
+    def __init__(self, system, sampler: MaskedDiffusionSampler, beta: float,
+                 settings: TrainingSettings, bias: WellTemperedGridBias | None = None,
+                 seed: int = 0):
+        if beta <= 0:
+            raise ValueError(f"beta must be > 0, got {beta}")
+        self.system = system
+        self.sampler = sampler
+        self.ema_sampler = copy.deepcopy(sampler).requires_grad_(False)
+        self.beta = float(beta)
+        self.settings = settings
+        self.bias = bias
+        self.optimizer = torch.optim.AdamW(sampler.parameters(), lr=settings.learning_rate,
+                                           weight_decay=settings.weight_decay)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.iteration = 0
+        self.gradient_steps = 0
+        self.energy_evaluations = 0
+        self.elapsed_s = 0.0
+        self.history: list[IterationRecord] = []
+        spec = system.cv_spec
+        self._cv_lower = np.asarray(spec.lower, dtype=np.float64)
+        self._cv_upper = np.asarray(spec.upper, dtype=np.float64)
+        self._cv_spacing = np.asarray(spec.spacing, dtype=np.float64)
+        self._cv_seen_min = np.full(spec.dim, np.inf)
+        self._cv_seen_max = np.full(spec.dim, -np.inf)
+        self.replay = (CVStratifiedReplayBuffer(settings.replay_buffer_size)
+                       if settings.replay_buffer_size > 0 else None)
+
+    # ----------------------------------------------------------------- schedule
+    def beta_at(self, iteration: int) -> float:
+        """Inverse temperature used at outer iteration ``iteration`` (warm start first)."""
+        warm = self.settings.warmstart
+        if warm is not None and iteration < warm[1]:
+            return float(warm[0])
+        return self.beta
+
+    def bias_active_at(self, iteration: int) -> bool:
+        warm = self.settings.warmstart
+        return self.bias is not None and (warm is None or iteration >= warm[1])
+
+    @property
+    def finished(self) -> bool:
+        return self.iteration >= self.settings.total_iterations
+
+    # ----------------------------------------------------------------- one iteration
+    def _bias_energy(self, cv: torch.Tensor, active: bool) -> torch.Tensor:
+        if not active:
+            return torch.zeros(cv.shape[0], dtype=torch.float64)
+        return torch.from_numpy(self.bias.value(cv.numpy()))
+
+    def _log_weights(self, energy, bias_energy, log_q, beta) -> torch.Tensor:
+        """log w = −β(E + V) − log q (float64, unnormalised)."""
+        return -beta * (energy + bias_energy) - log_q
+
+    def _cv_strata(self, cv: torch.Tensor) -> torch.Tensor:
+        """Flattened index of the CV node nearest to each sample, (B,) int64."""
+        nodes = np.rint((cv.numpy() - self._cv_lower) / self._cv_spacing).astype(np.int64)
+        n_nodes = np.rint((self._cv_upper - self._cv_lower) / self._cv_spacing).astype(np.int64) + 1
+        return torch.from_numpy(np.ravel_multi_index(tuple(nodes.T), tuple(n_nodes)))
+
+    def _update_coverage(self, cv: torch.Tensor) -> float:
+        values = cv.numpy()
+        self._cv_seen_min = np.minimum(self._cv_seen_min, values.min(axis=0))
+        self._cv_seen_max = np.maximum(self._cv_seen_max, values.max(axis=0))
+        spanned = (self._cv_seen_max - self._cv_seen_min) / (self._cv_upper - self._cv_lower)
+        return float(spanned.min())
+
+    def _ema_update(self) -> None:
+        t = self.gradient_steps
+        decay = min(self.settings.ema_decay_max, (1.0 + t) / (10.0 + t))
+        with torch.no_grad():
+            for ema_p, p in zip(self.ema_sampler.parameters(), self.sampler.parameters()):
+                ema_p.lerp_(p, 1.0 - decay)
+
+    def step(self) -> IterationRecord:
+        """Run one outer iteration and return its record."""
+        start = time.perf_counter()
+        s = self.settings
+        beta = self.beta_at(self.iteration)
+        bias_on = self.bias_active_at(self.iteration)
+
+        fresh = self.ema_sampler.sample(s.batch_size, self.generator)
+        energy = self.system.energy(fresh.x)
+        cv = self.system.cv(fresh.x)
+        self.energy_evaluations += s.batch_size
+        coverage = self._update_coverage(cv)
+        if bias_on:
+            self.bias.deposit(cv.numpy())
+
+        # Weights under the target the next N_inner steps train towards (V after deposition).
+        train_x = fresh.x
+        log_w = self._log_weights(energy, self._bias_energy(cv, bias_on), fresh.log_q, beta)
+        fresh_ess_fraction = kish_ess(log_w.numpy()) / s.batch_size
+        if self.replay is not None:
+            if len(self.replay) > 0:
+                old_x, old_log_q = self.replay.draw(s.batch_size, self.generator)
+                old_cv = self.system.cv(old_x)
+                old_log_w = self._log_weights(self.system.energy(old_x),
+                                              self._bias_energy(old_cv, bias_on), old_log_q, beta)
+                train_x = torch.cat([fresh.x, old_x])
+                log_w = torch.cat([log_w, old_log_w])
+            self.replay.add(fresh.x, fresh.log_q, self._cv_strata(cv))
+        weights = torch.from_numpy(normalized_weights(log_w.numpy())).to(torch.float32)
+
+        self.sampler.train()
+        loss_total = 0.0
+        for _ in range(s.inner_steps):
+            loss = wdce_loss(self.sampler.denoiser, train_x, weights, s.maskings,
+                             self.generator, self.system.n_states)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.gradient_steps += 1
+            self._ema_update()
+            loss_total += float(loss.detach())
+
+        self.iteration += 1
+        self.elapsed_s += time.perf_counter() - start
+        kT = 1.0 / beta
+        record = IterationRecord(
+            iteration=self.iteration,
+            beta=beta,
+            loss=loss_total / s.inner_steps,
+            ess_fraction=float(fresh_ess_fraction),
+            max_bias_kT=float(self.bias.values.max() / kT) if self.bias is not None else 0.0,
+            cv_coverage=coverage,
+            n_hills=int(self.bias.n_hills) if self.bias is not None else 0,
+            energy_evaluations=self.energy_evaluations,
+            wall_time_s=self.elapsed_s,
+        )
+        self.history.append(record)
+        return record
+
+    def train(self, progress: bool = True, on_iteration=None) -> list[IterationRecord]:
+        """Run the remaining outer iterations; ``on_iteration(trainer)`` after each one
+        (the runner checkpoints there). Returns the full history."""
+        bar = tqdm(total=self.settings.total_iterations, initial=self.iteration,
+                   desc="outer iteration", disable=not progress, dynamic_ncols=True)
+        with bar:
+            while not self.finished:
+                record = self.step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{record.loss:.3g}", ess=f"{record.ess_fraction:.2f}",
+                                maxV_kT=f"{record.max_bias_kT:.2f}",
+                                coverage=f"{record.cv_coverage:.2f}", refresh=False)
+                if on_iteration is not None:
+                    on_iteration(self)
+        return self.history
+
+    # ----------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly where training stopped."""
+        return {
+            "iteration": self.iteration,
+            "gradient_steps": self.gradient_steps,
+            "energy_evaluations": self.energy_evaluations,
+            "elapsed_s": self.elapsed_s,
+            "sampler": self.sampler.state_dict(),
+            "ema_sampler": self.ema_sampler.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "bias": self.bias.state_dict() if self.bias is not None else None,
+            "replay": self.replay.state_dict() if self.replay is not None else None,
+            "cv_seen": (self._cv_seen_min.copy(), self._cv_seen_max.copy()),
+            "history": [dataclasses.asdict(r) for r in self.history],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.iteration = int(state["iteration"])
+        self.gradient_steps = int(state["gradient_steps"])
+        self.energy_evaluations = int(state["energy_evaluations"])
+        self.elapsed_s = float(state["elapsed_s"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.ema_sampler.load_state_dict(state["ema_sampler"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        if (state["bias"] is None) != (self.bias is None):
+            raise ValueError("checkpoint and run disagree on whether a bias is used")
+        if self.bias is not None:
+            self.bias.load_state_dict(state["bias"])
+        if self.replay is not None and state["replay"] is not None:
+            self.replay.load_state_dict(state["replay"])
+        self._cv_seen_min, self._cv_seen_max = (np.asarray(a) for a in state["cv_seen"])
+        self.history = [IterationRecord(**r) for r in state["history"]]

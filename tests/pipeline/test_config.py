@@ -1,0 +1,552 @@
+"""Tests for pipeline.config: defaults, round trip, validation errors, overrides, runs, hash."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import (
+    BiasConfig,
+    Config,
+    ConfigError,
+    ReferenceConfig,
+    SamplerConfig,
+    SamplingConfig,
+    TrainingConfig,
+    apply_overrides,
+    config_from_dict,
+    config_hash,
+    expand_runs,
+    load_config,
+    temperature_tag,
+    validate_bias_grid,
+)
+
+MINIMAL = {"methods": ["metadns"], "system": {"name": "ising", "L": 4, "beta": 0.6}}
+
+
+def minimal(**sections):
+    """MINIMAL with sections merged in (a section value of None deletes the key)."""
+    d = {k: (dict(v) if isinstance(v, dict) else v) for k, v in MINIMAL.items()}
+    for key, value in sections.items():
+        if value is None:
+            d.pop(key, None)
+        elif isinstance(value, dict) and isinstance(d.get(key), dict):
+            d[key] = {**d[key], **value}
+        else:
+            d[key] = value
+    return d
+
+
+def expect_error(d, field, name="test"):
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(d, name)
+    assert info.value.field == field, str(info.value)
+    assert field in str(info.value)
+    return info.value
+
+
+def write(tmp_path: Path, d, filename="campaign.yaml") -> Path:
+    path = tmp_path / filename
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+# ---------------------------------------------------------------- defaults and round trip
+
+
+def test_defaults_are_filled():
+    config = config_from_dict(MINIMAL, "run")
+    assert config.name == "run"
+    assert config.seed == 0
+    assert config.methods == ("metadns",)
+    assert config.system.J == 1.0 and config.system.field == 0.0 and config.system.q is None
+    assert config.system.beta == (0.6,) and config.system.temperature is None
+    assert config.sampler == SamplerConfig(denoiser="lattice", sites_per_step=4, hidden=64, layers=4, heads=4)
+    assert config.bias == BiasConfig(gamma=10.0, sigma=0.05, height_per_cycle=0.5)
+    assert config.bias.grid_points is None and config.bias.grid_min is None and config.bias.grid_max is None
+    t = config.training
+    assert (t.outer_iterations, t.batch_size, t.inner_steps, t.maskings) == (500, 128, 10, 16)
+    assert (t.learning_rate, t.weight_decay, t.ema_decay_max) == (1e-3, 0.0, 0.9999)
+    assert (t.replay_buffer_size, t.warmstart_beta, t.warmstart_iterations) == (0, 0.28, 200)
+    assert (t.checkpoint_every, t.threads) == (1, None)
+    assert config.sampling == SamplingConfig(n_samples=10000, batch_size=2000, metropolis_hastings=True)
+    assert config.reference == ReferenceConfig(chains=64, sweeps=2000, burn_in=200, deposit_every=1)
+
+
+def test_potts_gets_q_default_and_ising_has_no_q():
+    potts = config_from_dict(minimal(system={"name": "potts"}), "p")
+    assert potts.system.q == 3
+    assert "q" in potts.to_dict()["system"] and "field" not in potts.to_dict()["system"]
+    ising = config_from_dict(MINIMAL, "i")
+    assert "q" not in ising.to_dict()["system"] and ising.to_dict()["system"]["field"] == 0.0
+
+
+def test_full_config_round_trips_through_dict_yaml_and_file(tmp_path):
+    d = {
+        "name": "full",
+        "seed": 7,
+        "methods": ["metadns", "mdns", "mdns-warmstart", "mcmc-metad", "sw", "metropolis"],
+        "system": {"name": "potts", "L": 6, "J": 1.5, "q": 3, "temperature": [0.8, 1.2]},
+        "sampler": {"denoiser": "transformer", "sites_per_step": 2, "hidden": 32, "layers": 2, "heads": 2},
+        "bias": {"gamma": 8, "sigma": [0.05, 0.07], "height_per_cycle": 0.3, "grid_points": [40, 50],
+                 "grid_min": [-0.5, -0.9], "grid_max": [1.0, 0.9]},
+        "training": {"outer_iterations": 3, "batch_size": 16, "inner_steps": 2, "maskings": 4,
+                     "learning_rate": 1e-4, "weight_decay": 0.01, "ema_decay_max": 0.999,
+                     "replay_buffer_size": 100, "warmstart_beta": 0.2, "warmstart_iterations": 0,
+                     "checkpoint_every": 5, "threads": 2},
+        "sampling": {"n_samples": 100, "batch_size": 50, "metropolis_hastings": False},
+        "reference": {"chains": 8, "sweeps": 100, "burn_in": 10, "deposit_every": 3},
+    }
+    config = config_from_dict(d, "ignored")
+    assert config.name == "full"
+    assert config.bias.sigma == (0.05, 0.07) and config.bias.gamma == 8.0
+    assert isinstance(config.bias.gamma, float)
+    resolved = config.to_dict()
+    assert config_from_dict(resolved, "other") == config
+    assert config_from_dict(yaml.safe_load(yaml.safe_dump(resolved)), "other") == config
+    path = write(tmp_path, resolved, "whatever.yaml")
+    assert load_config(path) == config
+    # every key given was kept
+    for section in ("sampler", "bias", "training", "sampling", "reference"):
+        for key, value in d[section].items():
+            got = resolved[section][key]
+            assert got == value, (section, key)
+
+
+def test_name_defaults_to_file_stem_and_scalar_method_and_beta(tmp_path):
+    path = write(tmp_path, {"methods": "sw", "system": {"name": "ising", "L": 3, "beta": 0.5}}, "my_run.yaml")
+    config = load_config(path)
+    assert config.name == "my_run"
+    assert config.methods == ("sw",)
+    assert config.system.betas == (0.5,)
+    assert config.system.temperatures == (2.0,)
+
+
+def test_integers_accepted_where_floats_expected_and_scientific_strings():
+    config = config_from_dict(minimal(bias={"gamma": 5, "sigma": 1}, system={"beta": [1, 2]}), "x")
+    assert config.bias.gamma == 5.0 and isinstance(config.bias.gamma, float)
+    assert config.system.beta == (1.0, 2.0)
+    # YAML 1.1 reads 1e-3 (no dot) as a string; it is accepted as a number
+    raw = yaml.safe_load("training: {learning_rate: 1e-3, n: 1}")["training"]["learning_rate"]
+    assert raw == "1e-3"
+    config = config_from_dict(minimal(training={"learning_rate": raw, "batch_size": 1.0e2}), "x")
+    assert config.training.learning_rate == 1e-3
+    assert config.training.batch_size == 100 and isinstance(config.training.batch_size, int)
+
+
+# ---------------------------------------------------------------- validation errors
+
+
+@pytest.mark.parametrize(
+    "d, field",
+    [
+        (minimal(bogus=1), "bogus"),
+        (minimal(system={"colour": "red"}), "system.colour"),
+        (minimal(bias={"gama": 3}), "bias.gama"),
+        (minimal(training={"lr": 1e-3}), "training.lr"),
+        (minimal(sampling={"n": 1}), "sampling.n"),
+        (minimal(reference={"chain": 1}), "reference.chain"),
+        (minimal(sampler={"width": 1}), "sampler.width"),
+    ],
+)
+def test_unknown_key_lists_valid_keys(d, field):
+    error = expect_error(d, field)
+    assert "unknown key" in str(error)
+    assert "Valid keys" in str(error)
+
+
+def test_unknown_key_message_names_the_valid_keys_and_suggests():
+    error = expect_error(minimal(bias={"gama": 3}), "bias.gama")
+    for key in ("gamma", "sigma", "height_per_cycle", "grid_points", "grid_min", "grid_max"):
+        assert key in str(error)
+    assert "Did you mean 'gamma'" in str(error)
+
+
+@pytest.mark.parametrize(
+    "d, field",
+    [
+        (minimal(bias={"gamma": "ten"}), "bias.gamma"),
+        (minimal(system={"L": True}), "system.L"),  # bool where an int is expected
+        (minimal(training={"batch_size": 2.5}), "training.batch_size"),  # float for an int
+        (minimal(seed=1.5), "seed"),
+        (minimal(sampling={"metropolis_hastings": "yes please"}), "sampling.metropolis_hastings"),
+        (minimal(sampling={"metropolis_hastings": 1}), "sampling.metropolis_hastings"),
+        (minimal(bias={"gamma": True}), "bias.gamma"),  # bool where a float is expected
+        (minimal(bias={"sigma": [0.05, "wide"]}), "bias.sigma"),
+        (minimal(bias={"gamma": float("inf")}), "bias.gamma"),
+        (minimal(bias={"gamma": float("nan")}), "bias.gamma"),
+        (minimal(training={"threads": "all"}), "training.threads"),
+        (minimal(system="ising"), "system"),
+        (minimal(methods=[]), "methods"),
+        (minimal(methods={"a": 1}), "methods"),
+    ],
+)
+def test_wrong_types(d, field):
+    expect_error(d, field)
+
+
+def test_wrong_type_message_says_what_is_expected():
+    error = expect_error(minimal(bias={"gamma": "ten"}), "bias.gamma")
+    assert "number" in str(error) and "'ten'" in str(error)
+    error = expect_error(minimal(training={"batch_size": 2.5}), "training.batch_size")
+    assert "integer" in str(error)
+
+
+@pytest.mark.parametrize(
+    "d, field",
+    [
+        (minimal(bias={"gamma": 1}), "bias.gamma"),
+        (minimal(bias={"gamma": 0.5}), "bias.gamma"),
+        (minimal(bias={"sigma": 0}), "bias.sigma"),
+        (minimal(bias={"sigma": -0.1}), "bias.sigma"),
+        (minimal(bias={"sigma": [0.1, 0.0]}), "bias.sigma"),
+        (minimal(bias={"height_per_cycle": 0}), "bias.height_per_cycle"),
+        (minimal(bias={"grid_points": 1}), "bias.grid_points"),
+        (minimal(bias={"grid_min": 1.0, "grid_max": -1.0}), "bias.grid_max"),
+        (minimal(bias={"sigma": [0.1, 0.1], "grid_points": [10, 10, 10]}), "bias.sigma"),
+        (minimal(system={"beta": 0}), "system.beta"),
+        (minimal(system={"beta": [0.3, -0.6]}), "system.beta"),
+        (minimal(system={"beta": [0.3, 0.3]}), "system.beta"),
+        (minimal(system={"beta": None, "temperature": 0.0}), "system.temperature"),
+        (minimal(system={"beta": None, "temperature": [-1.0]}), "system.temperature"),
+        (minimal(system={"L": 1}), "system.L"),
+        (minimal(system={"name": "potts", "q": 1}), "system.q"),
+        (minimal(seed=-1), "seed"),
+        (minimal(training={"ema_decay_max": 1.0}), "training.ema_decay_max"),
+        (minimal(training={"learning_rate": 0}), "training.learning_rate"),
+        (minimal(training={"weight_decay": -1e-3}), "training.weight_decay"),
+        (minimal(training={"replay_buffer_size": -1}), "training.replay_buffer_size"),
+        (minimal(training={"threads": 0}), "training.threads"),
+        (minimal(sampler={"sites_per_step": 0}), "sampler.sites_per_step"),
+        (minimal(sampler={"denoiser": "mlp"}), "sampler.denoiser"),
+        (minimal(sampling={"n_samples": 0}), "sampling.n_samples"),
+        (minimal(reference={"burn_in": -1}), "reference.burn_in"),
+        (minimal(name="has space"), "name"),
+    ],
+)
+def test_out_of_range_values(d, field):
+    expect_error(d, field)
+
+
+def test_gamma_must_exceed_one_message():
+    error = expect_error(minimal(bias={"gamma": 1}), "bias.gamma")
+    assert "> 1" in str(error)
+
+
+def test_both_beta_and_temperature():
+    error = expect_error(minimal(system={"beta": 0.5, "temperature": 2.0}), "system.beta")
+    assert "temperature" in str(error) and "not both" in str(error)
+
+
+def test_neither_beta_nor_temperature():
+    d = minimal()
+    del d["system"]["beta"]
+    error = expect_error(d, "system.beta")
+    assert "temperature" in str(error)
+
+
+def test_unknown_method():
+    error = expect_error(minimal(methods=["metadns", "metadynamics"]), "methods")
+    assert "metadynamics" in str(error) and "mcmc-metad" in str(error)
+    expect_error(minimal(methods=["sw", "sw"]), "methods")
+
+
+def test_missing_methods_is_required():
+    error = expect_error(minimal(methods=None), "methods")
+    assert "required" in str(error)
+
+
+def test_unknown_system():
+    error = expect_error(minimal(system={"name": "heisenberg"}), "system.name")
+    assert "ising" in str(error) and "potts" in str(error)
+    d = minimal()
+    del d["system"]["name"]
+    expect_error(d, "system.name")
+    d = minimal()
+    del d["system"]["L"]
+    expect_error(d, "system.L")
+
+
+def test_burn_in_not_below_sweeps():
+    error = expect_error(minimal(reference={"sweeps": 100, "burn_in": 100}), "reference.burn_in")
+    assert "sweeps" in str(error)
+    assert config_from_dict(minimal(reference={"sweeps": 100, "burn_in": 99}), "x").reference.burn_in == 99
+
+
+def test_field_on_potts_is_an_error_but_zero_field_is_fine():
+    error = expect_error(minimal(system={"name": "potts", "field": 0.1}), "system.field")
+    assert "ising" in str(error)
+    assert config_from_dict(minimal(system={"name": "potts", "field": 0}), "x").system.field == 0.0
+    expect_error(minimal(system={"q": 3}), "system.q")  # q on ising
+
+
+def test_name_required_without_file():
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(MINIMAL, None)
+    assert info.value.field == "name"
+
+
+def test_duplicate_yaml_keys_rejected(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("methods: [sw]\nsystem: {name: ising, L: 4, beta: 0.5}\nbias:\n  gamma: 5\n  gamma: 6\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.field == "gamma"
+    assert "twice" in str(info.value)
+
+
+def test_invalid_yaml_and_non_mapping_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("methods: [sw\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+    path.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(path)
+
+
+def test_error_from_file_names_the_file(tmp_path):
+    path = write(tmp_path, minimal(bias={"gamma": 0.5}))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.field == "bias.gamma"
+    assert str(path) in str(info.value)
+
+
+# ---------------------------------------------------------------- overrides
+
+
+def test_overrides_scalar_list_and_new_section(tmp_path):
+    path = write(tmp_path, MINIMAL)
+    config = load_config(
+        path,
+        ["bias.gamma=5", "system.beta=[0.3, 0.6]", "training.batch_size=32", "methods=[sw, mdns]", "name=renamed",
+         "bias.sigma=[0.1]"],
+    )
+    assert config.bias.gamma == 5.0
+    assert config.system.beta == (0.3, 0.6)
+    assert config.training.batch_size == 32
+    assert config.methods == ("sw", "mdns")
+    assert config.name == "renamed"
+    assert config.bias.sigma == (0.1,)
+    # the file is unchanged and the original dict is not mutated
+    assert load_config(path).bias.gamma == 10.0
+    raw = {"methods": ["sw"], "system": {"name": "ising", "L": 4, "beta": 0.5}}
+    apply_overrides(raw, ["system.L=8"])
+    assert raw["system"]["L"] == 4
+
+
+def test_override_beta_replaces_file_temperature(tmp_path):
+    path = write(tmp_path, minimal(system={"beta": None, "temperature": [2.0, 3.0]}))
+    config = load_config(path, ["system.beta=0.5"])
+    assert config.system.beta == (0.5,) and config.system.temperature is None
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["system.beta=0.5", "system.temperature=2.0"])
+    assert info.value.field == "system.beta"
+
+
+def test_override_value_is_validated(tmp_path):
+    path = write(tmp_path, MINIMAL)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["bias.gamma=ten"])
+    assert info.value.field == "bias.gamma"
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("bias.gama=5", "bias.gama"),
+        ("biass.gamma=5", "biass.gamma"),
+        ("bias.gamma.x=5", "bias.gamma.x"),
+        ("seed.x=5", "seed.x"),
+    ],
+)
+def test_override_of_unknown_key(tmp_path, override, field):
+    path = write(tmp_path, MINIMAL)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, [override])
+    assert info.value.field == field
+    assert field in str(info.value)
+
+
+@pytest.mark.parametrize("override, field", [("bias.gamma", "bias.gamma"), ("=5", ""), ("bias..gamma=1", "bias..gamma")])
+def test_malformed_override(tmp_path, override, field):
+    path = write(tmp_path, MINIMAL)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, [override])
+    assert info.value.field == field
+    assert "dotted.key=value" in str(info.value) or "like 'bias.gamma'" in str(info.value)
+
+
+def test_override_value_with_equals_and_bad_yaml(tmp_path):
+    path = write(tmp_path, MINIMAL)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["name=a=b"])  # '=' is not allowed in a name; split happens at the first '='
+    assert info.value.field == "name" and "'a=b'" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["system.beta=[0.3"])
+    assert info.value.field == "system.beta" and "YAML" in str(info.value)
+
+
+def test_overrides_must_be_a_list(tmp_path):
+    path = write(tmp_path, MINIMAL)
+    with pytest.raises(ConfigError):
+        load_config(path, "bias.gamma=5")
+
+
+# ---------------------------------------------------------------- runs
+
+
+def test_expand_runs_count_order_tags():
+    config = config_from_dict(minimal(methods=["metadns", "sw"], system={"beta": [0.28, 0.4406867935, 0.6]}), "x")
+    runs = expand_runs(config)
+    assert len(runs) == 6
+    assert [r.method for r in runs] == ["metadns"] * 3 + ["sw"] * 3
+    assert [r.temperature_tag for r in runs[:3]] == ["beta0.2800", "beta0.4406867935", "beta0.6000"]
+    assert runs[2].run_name == "metadns_beta0.6000"
+    assert len({r.run_name for r in runs}) == 6
+    for run in runs:
+        assert math.isclose(run.beta * run.temperature, 1.0, rel_tol=1e-15)
+        assert re.fullmatch(r"[A-Za-z0-9._-]+", run.run_name)
+
+
+def test_expand_runs_with_temperatures_uses_T_tags():
+    config = config_from_dict(minimal(system={"beta": None, "temperature": [2.269, 1.5]}), "x")
+    runs = expand_runs(config)
+    assert [r.temperature_tag for r in runs] == ["T2.2690", "T1.5000"]
+    assert runs[0].temperature == 2.269
+    assert math.isclose(runs[0].beta, 1 / 2.269, rel_tol=1e-15)
+
+
+def test_temperature_tags_are_distinct_and_stable():
+    values = [0.6, 0.60001, 0.600001, 0.6000000000000001, 1e-5, 1.2e-5, 123456.789, 0.44068679350977147]
+    tags = [temperature_tag(v) for v in values]
+    assert len(set(tags)) == len(values)
+    assert all(re.fullmatch(r"beta[0-9.]+", t) for t in tags), tags
+    # each tag reads back to its value exactly
+    assert [float(t[len("beta"):]) for t in tags] == values
+    assert temperature_tag(0.6) == "beta0.6000" == temperature_tag(0.6000)
+    with pytest.raises(ValueError):
+        temperature_tag(-1.0)
+
+
+# ---------------------------------------------------------------- hash
+
+
+def test_config_hash_stable_and_sensitive():
+    a = config_from_dict(MINIMAL, "x")
+    h = config_hash(a)
+    assert re.fullmatch(r"[0-9a-f]{16}", h)
+    assert config_hash(config_from_dict(MINIMAL, "x")) == h
+    # same meaning written differently: same hash
+    assert config_hash(config_from_dict(minimal(bias={"gamma": 10}, system={"beta": [0.6]}, seed=0), "x")) == h
+    assert config_hash(a.to_dict()) == h
+    # any change: different hash
+    changed = [
+        minimal(bias={"gamma": 9.99}),
+        minimal(seed=1),
+        minimal(system={"L": 5}),
+        minimal(training={"threads": 1}),
+        minimal(methods=["mdns"]),
+    ]
+    hashes = {config_hash(config_from_dict(d, "x")) for d in changed}
+    assert h not in hashes and len(hashes) == len(changed)
+    assert config_hash(config_from_dict(MINIMAL, "y")) != h
+
+
+def test_config_hash_pinned_value():
+    """Guards the canonical form: changing it silently would orphan existing outputs."""
+    import hashlib
+    import json
+
+    d = config_from_dict(MINIMAL, "x").to_dict()
+    text = json.dumps(d, sort_keys=True, separators=(",", ":"))
+    assert config_hash(d) == hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- bias grid
+
+
+@dataclass(frozen=True)
+class FakeCV:
+    names: tuple
+    lower: tuple
+    upper: tuple
+    spacing: tuple
+
+    @property
+    def dim(self):
+        return len(self.names)
+
+
+ISING_CV = FakeCV(("m",), (-1.0,), (1.0,), (2.0 / 16,))
+POTTS_CV = FakeCV(("p1", "p2"), (-0.5, -math.sqrt(3) / 2), (1.0, math.sqrt(3) / 2), (3 / 72, math.sqrt(3) / 72))
+
+
+def test_bias_grid_aligned_default():
+    grid = validate_bias_grid(config_from_dict(MINIMAL, "x"), ISING_CV)
+    assert grid.grid_points == (17,) and grid.lower == (-1.0,) and grid.upper == (1.0,) and grid.sigma == (0.05,)
+    grid = validate_bias_grid(config_from_dict(minimal(system={"name": "potts"}), "x"), POTTS_CV)
+    assert grid.grid_points == (37, 73)  # D = 36: 1.5 / (3/72) + 1 and sqrt(3) / (sqrt(3)/72) + 1
+    assert grid.sigma == (0.05, 0.05)
+
+
+def test_bias_grid_extended_aligned_bounds():
+    config = config_from_dict(minimal(bias={"grid_min": -1.25, "grid_max": 1.125}), "x")
+    grid = validate_bias_grid(config, ISING_CV)
+    assert grid.grid_points == (20,)
+
+
+def test_bias_grid_not_covering_cv():
+    config = config_from_dict(minimal(bias={"grid_min": -0.5, "grid_points": 100}), "x")
+    with pytest.raises(ConfigError) as info:
+        validate_bias_grid(config, ISING_CV)
+    assert info.value.field == "bias.grid_min" and "-1.0" in str(info.value)
+    config = config_from_dict(minimal(bias={"grid_max": [1.0, 0.5], "grid_points": [80, 80]}), "x")
+    with pytest.raises(ConfigError) as info:
+        validate_bias_grid(config, POTTS_CV)
+    assert info.value.field == "bias.grid_max" and "p2" in str(info.value)
+
+
+def test_bias_grid_dimension_mismatch():
+    config = config_from_dict(minimal(bias={"sigma": [0.05, 0.05]}), "x")
+    with pytest.raises(ConfigError) as info:
+        validate_bias_grid(config, ISING_CV)
+    assert info.value.field == "bias.sigma" and "1 dimension" in str(info.value)
+    config = config_from_dict(minimal(bias={"grid_points": [37, 73, 37]}), "x")
+    with pytest.raises(ConfigError) as info:
+        validate_bias_grid(config, POTTS_CV)
+    assert info.value.field == "bias.grid_points"
+
+
+def test_bias_grid_unaligned_bounds_and_too_coarse():
+    config = config_from_dict(minimal(bias={"grid_min": -1.1}), "x")
+    with pytest.raises(ConfigError) as info:
+        validate_bias_grid(config, ISING_CV)
+    assert info.value.field == "bias.grid_min"
+    config = config_from_dict(minimal(bias={"grid_points": 9}), "x")
+    with pytest.raises(ConfigError) as info:
+        validate_bias_grid(config, ISING_CV)
+    assert info.value.field == "bias.grid_points" and "17" in str(info.value)
+    # finer than the CV spacing is allowed
+    assert validate_bias_grid(config_from_dict(minimal(bias={"grid_points": 33}), "x"), ISING_CV).grid_points == (33,)
+
+
+def test_bias_hill_height():
+    bias = config_from_dict(minimal(bias={"height_per_cycle": 0.5}), "x").bias
+    assert bias.hill_height(kT=2.0, hills_per_cycle=128) == pytest.approx(0.5 * 2.0 / 128, rel=1e-15)
+    with pytest.raises(ValueError):
+        bias.hill_height(kT=0.0, hills_per_cycle=1)
+
+
+def test_config_is_frozen():
+    config = config_from_dict(MINIMAL, "x")
+    with pytest.raises(Exception):
+        config.seed = 3  # type: ignore[misc]
+    assert isinstance(config, Config) and isinstance(config.training, TrainingConfig)
