@@ -570,7 +570,7 @@ def _parse_training(raw: Mapping) -> TrainingConfig:
 def _parse_sampling(raw: Mapping) -> SamplingConfig:
     s, d = _section(raw, "sampling"), SamplingConfig()
     return SamplingConfig(
-        n_samples=_int(s.get("n_samples", d.n_samples), "sampling.n_samples", ge=1, example="`n_samples: 10000`"),
+        n_samples=_int(s.get("n_samples", d.n_samples), "sampling.n_samples", ge=2, example="`n_samples: 10000`"),
         batch_size=_int(s.get("batch_size", d.batch_size), "sampling.batch_size", ge=1, example="`batch_size: 2000`"),
         metropolis_hastings=_bool(s.get("metropolis_hastings", d.metropolis_hastings), "sampling.metropolis_hastings"),
     )
@@ -584,11 +584,11 @@ def _parse_reference(raw: Mapping) -> ReferenceConfig:
         burn_in=_int(s.get("burn_in", d.burn_in), "reference.burn_in", ge=0, example="`burn_in: 200`"),
         deposit_every=_int(s.get("deposit_every", d.deposit_every), "reference.deposit_every", ge=1),
     )
-    if reference.burn_in >= reference.sweeps:
+    if reference.sweeps - reference.burn_in < 2:
         raise ConfigError(
             "reference.burn_in",
-            f"must be smaller than reference.sweeps ({reference.burn_in} >= {reference.sweeps}); "
-            "lower burn_in or raise sweeps",
+            f"must leave at least 2 recorded sweeps (reference.sweeps={reference.sweeps}, "
+            f"burn_in={reference.burn_in}); lower burn_in or raise sweeps",
         )
     return reference
 
@@ -711,11 +711,14 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
     return out
 
 
-def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
-    """Read a YAML configuration, apply ``overrides`` ("dotted.key=value") and validate it.
+def load_config(path: str | Path, overrides: Sequence[str] = (), profile: str | None = None) -> Config:
+    """Read a YAML configuration, apply a named profile and ``overrides`` and validate it.
 
-    ``name`` defaults to the file's stem.  Raises :class:`ConfigError` (message includes the
-    file) for invalid content, FileNotFoundError if the file is missing.
+    A file may hold ``profiles: {NAME: {dotted.key: value, ...}}`` (e.g. ``cpu`` and ``gpu``
+    budgets of the same study); ``profile`` picks one, applied before ``overrides``
+    ("dotted.key=value", applied last).  ``name`` defaults to the file's stem.  Raises
+    :class:`ConfigError` (message includes the file) for invalid content, FileNotFoundError
+    if the file is missing.
     """
     path = Path(path)
     text = path.read_text(encoding="utf-8")
@@ -728,9 +731,25 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
             raw = {}
         if not isinstance(raw, Mapping):
             raise ConfigError("", f"the file must hold a mapping of {', '.join(TOP_LEVEL_KEYS)}; got {_describe(raw)}")
-        return config_from_dict(apply_overrides(raw, overrides), name=path.stem)
+        raw = dict(raw)
+        profiles = raw.pop("profiles", None) or {}
+        profile_overrides = _profile_overrides(profiles, profile)
+        return config_from_dict(apply_overrides(raw, [*profile_overrides, *overrides]), name=path.stem)
     except ConfigError as exc:
         raise ConfigError(exc.field, f"{exc.message} (while loading {path})") from None
+
+
+def _profile_overrides(profiles: Any, profile: str | None) -> list[str]:
+    """The chosen profile's entries as "dotted.key=<JSON value>" override strings."""
+    if not isinstance(profiles, Mapping) or not all(isinstance(v, Mapping) for v in profiles.values()):
+        raise ConfigError("profiles", "must map profile names to mappings of dotted keys, "
+                                      "e.g. profiles: {cpu: {training.outer_iterations: 500}}")
+    if profile is None:
+        return []
+    if profile not in profiles:
+        available = ", ".join(map(str, profiles)) or "none defined in this file"
+        raise ConfigError("profile", f"unknown profile {profile!r}; available: {available}")
+    return [f"{key}={json.dumps(value)}" for key, value in profiles[profile].items()]
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import torch
+import yaml
 
 from pipeline import estimators as est
 from pipeline import plots
@@ -111,6 +112,25 @@ def build_sampler(config: Config, system) -> MaskedDiffusionSampler:
     return MaskedDiffusionSampler(denoiser, system.n_sites, system.n_states, sites_per_step=s.sites_per_step)
 
 
+def run_config_dict(config: Config, spec: RunSpec) -> dict:
+    """The resolved config of one run: the campaign's config restricted to this run's method
+    and temperature. ``metadns run`` on it (saved as the run's config.yaml) repeats the run
+    (same name and run name, hence the same derived seed)."""
+    resolved = config.to_dict()
+    resolved["methods"] = [spec.method]
+    system = resolved["system"]
+    key = "beta" if "beta" in system else "temperature"
+    system[key] = [spec.beta if key == "beta" else spec.temperature]
+    return resolved
+
+
+def remove_stale_temporary_files(run_dir: Path) -> None:
+    """Delete temporary files left by an atomic write that was killed (``.NAME.XXXX.tmp``)."""
+    for folder in (run_dir, run_dir / "checkpoints"):
+        for stale in folder.glob(".*.tmp"):
+            stale.unlink()
+
+
 def derive_seed(seed: int, run_name: str) -> int:
     """Independent, reproducible seed for one run of a campaign."""
     digest = hashlib.sha256(f"{seed}:{run_name}".encode()).digest()
@@ -118,17 +138,32 @@ def derive_seed(seed: int, run_name: str) -> int:
 
 
 def prepare_campaign(config: Config, out_root: Path, resume: bool) -> Campaign:
-    """Validate everything that can be checked before any file is written."""
+    """Validate everything that can be checked before any file is written.
+
+    With ``resume``, an existing run folder must have been made with the same settings
+    (its config.yaml equals this run's resolved config); otherwise RunFolderExists.
+    """
     system = build_system(config)
     runs = expand_runs(config)
     for spec in runs:
         build_bias(config, system, spec.beta, config.training.batch_size)
+    if any(spec.method in NEURAL_METHODS for spec in runs):
+        try:
+            build_sampler(config, system)
+        except ValueError as error:
+            field = next((f"sampler.{key}" for key in ("sites_per_step", "heads", "hidden", "layers")
+                          if key in str(error)), "sampler")
+            raise ConfigError(field, str(error)) from error
     root = Path(out_root) / config.name
-    if not resume:
-        existing = [spec.run_name for spec in runs if (root / spec.run_name).exists()]
-        if existing:
-            raise RunFolderExists(f"run folder(s) {', '.join(existing)} already exist under {root}; "
-                                  "pass --resume to continue them or choose another --out")
+    existing = [spec for spec in runs if (root / spec.run_name).exists()]
+    if existing and not resume:
+        raise RunFolderExists(f"run folder(s) {', '.join(s.run_name for s in existing)} already exist under "
+                              f"{root}; pass --resume to continue them or choose another --out")
+    for spec in existing:
+        saved = root / spec.run_name / "config.yaml"
+        if saved.exists() and yaml.safe_load(saved.read_text()) != run_config_dict(config, spec):
+            raise RunFolderExists(f"cannot resume {root / spec.run_name}: it was made with other settings "
+                                  f"(compare its config.yaml); use another --out or the original settings")
     priority = {m: i for i, m in enumerate(UNBIASED_REFERENCES)}
     runs.sort(key=lambda r: priority.get(r.method, len(priority)))
     return Campaign(config, root, runs, resume)
@@ -137,6 +172,8 @@ def prepare_campaign(config: Config, out_root: Path, resume: bool) -> Campaign:
 def run_campaign(campaign: Campaign, progress: bool = True) -> list[RunResult]:
     """Execute every run of the campaign in order; returns their summaries."""
     campaign.root.mkdir(parents=True, exist_ok=True)
+    if campaign.config.training.threads is not None:
+        torch.set_num_threads(campaign.config.training.threads)
     results = []
     for spec in campaign.runs:
         if progress:
@@ -152,12 +189,10 @@ def execute_run(campaign: Campaign, spec: RunSpec, progress: bool = True) -> Run
     if summary_path.exists():
         return RunResult(spec, run_dir, json.loads(summary_path.read_text()))
     run_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporary_files(run_dir)
     system = build_system(config)
     seed = derive_seed(config.seed, spec.run_name)
-    resolved = config.to_dict()
-    resolved["run"] = {"method": spec.method, "beta": spec.beta, "temperature": spec.temperature,
-                       "seed": seed}
-    write_yaml(run_dir / "config.yaml", resolved)
+    write_yaml(run_dir / "config.yaml", run_config_dict(config, spec))
     metadata = provenance_metadata(config.to_dict(), seed, extra={"run": spec.run_name})
     ctx = RunContext(config, spec, system, run_dir, seed, metadata, progress,
                      _reference_for(campaign, spec, system))

@@ -7,6 +7,7 @@ from pipeline.sampler.denoisers import (
     build_denoiser,
 )
 from pipeline.sampler.masked_diffusion import (
+    SCHEDULES,
     MaskedDiffusionSampler,
     SampleBatch,
     cosine_group_sizes,
@@ -20,6 +21,7 @@ __all__ = [
     "TransformerDenoiser",
     "build_denoiser",
     "MaskedDiffusionSampler",
+    "SCHEDULES",
     "SampleBatch",
     "cosine_group_sizes",
     "group_sizes",

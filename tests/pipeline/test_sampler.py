@@ -110,11 +110,15 @@ def test_fixed_order_probabilities_sum_to_one(kind, system_name, sites_per_step)
     assert totals == pytest.approx([1.0] * 3, abs=1e-10)
 
 
-def test_uneven_group_sequence_is_normalised():
+@pytest.mark.parametrize("kind", ["lattice", "transformer"])
+def test_uneven_groups_and_cosine_schedule_are_normalised(kind):
     system = square_system(2, 3)
-    for sizes in [(1, 3), (3, 1), (1, 1, 2), cosine_group_sizes(4, 3)]:
-        sampler = make_sampler("lattice", system, sites_per_step=sizes)
-        states = all_states(3, 4)
+    states = all_states(3, 4)
+    samplers = [make_sampler(kind, system, sites_per_step=sizes) for sizes in [(1, 3), (3, 1), (1, 1, 2)]]
+    cosine = make_sampler(kind, system, sites_per_step=2)
+    cosine = MaskedDiffusionSampler(cosine.denoiser, 4, 3, sites_per_step=2, schedule="cosine")
+    assert cosine.group_sizes == (1, 3)  # two steps, as for k = 2, but one site first
+    for sampler in samplers + [cosine]:
         order = sampler.random_order(1, torch.Generator().manual_seed(3))
         log_q = sampler.log_prob(states, order.expand(len(states), -1))
         assert float(torch.logsumexp(log_q, 0).exp()) == pytest.approx(1.0, abs=1e-10)
@@ -250,6 +254,8 @@ def test_invalid_inputs_raise_value_error():
         MaskedDiffusionSampler(sampler.denoiser, 4, 2, sites_per_step=5)
     with pytest.raises(ValueError, match="sites_per_step"):
         MaskedDiffusionSampler(sampler.denoiser, 4, 2, sites_per_step=(2, 1))
+    with pytest.raises(ValueError, match="schedule"):
+        MaskedDiffusionSampler(sampler.denoiser, 4, 2, sites_per_step=2, schedule="linear")
     with pytest.raises(ValueError, match="n_sites"):
         MaskedDiffusionSampler(sampler.denoiser, 9, 2)
     with pytest.raises(ValueError, match="generator"):
@@ -269,3 +275,4 @@ def test_cosine_group_sizes_start_small_and_cover_all_sites():
     assert len(sizes) == 16 and sum(sizes) == 256 and min(sizes) >= 1
     assert sizes[0] == 1 and sizes[-1] > 16  # few sites first, many at the end
     assert cosine_group_sizes(4, 4) == (1, 1, 1, 1)
+    assert group_sizes(256, 16, "cosine") == sizes and group_sizes(10, 4) == (4, 4, 2)
