@@ -32,7 +32,7 @@ from pipeline.outputs import (atomic_write_bytes, atomic_write_text, fes_table, 
                               provenance_metadata, samples_table, write_parquet, write_yaml)
 from pipeline.references import ChainRecord, run_mcmc_metadynamics, run_metropolis, run_swendsen_wang
 from pipeline.sampler import MaskedDiffusionSampler, build_denoiser
-from pipeline.training import DualLoopTrainer, TrainingSettings
+from pipeline.training import DualLoopTrainer
 from systems.exact import exact_ensemble
 from systems.registry import make_system
 
@@ -257,13 +257,9 @@ def _run_neural(ctx: RunContext) -> dict:
     t = config.training
     torch.manual_seed(ctx.seed)  # parameter initialisation only; all sampling uses explicit generators
     sampler = build_sampler(config, system)
-    warmstart = (t.warmstart_beta, t.warmstart_iterations) if spec.method == "mdns-warmstart" else None
-    settings = TrainingSettings(
-        outer_iterations=t.outer_iterations, batch_size=t.batch_size, inner_steps=t.inner_steps,
-        maskings=t.maskings, learning_rate=t.learning_rate, weight_decay=t.weight_decay,
-        ema_decay_max=t.ema_decay_max, replay_buffer_size=t.replay_buffer_size, warmstart=warmstart)
     bias = build_bias(config, system, spec.beta, t.batch_size) if spec.method == "metadns" else None
-    trainer = DualLoopTrainer(system, sampler, spec.beta, settings, bias=bias, seed=ctx.seed)
+    trainer = DualLoopTrainer(system, sampler, spec.beta, t, bias=bias, seed=ctx.seed,
+                              warmstart=spec.method == "mdns-warmstart")
     checkpoint = ctx.run_dir / "checkpoints" / "checkpoint.pt"
     if checkpoint.exists():
         trainer.load_state_dict(torch.load(checkpoint, weights_only=False))
@@ -526,10 +522,14 @@ def comparison_table(campaign: Campaign, results: list[RunResult]) -> pd.DataFra
             row["ess_fraction"] = obs[(obs.estimator == "likelihood") & (obs.observable == "ess_fraction")].value.iloc[0]
         reference = _reference_for(campaign, result.spec, system)
         if reference is not None:
-            mine_h = hist[hist.estimator == estimator]
-            for quantity, ref_p in (("cv", reference.cv_histogram), ("energy_per_site", reference.energy_histogram)):
-                p = mine_h[mine_h.quantity == quantity].sort_values("bin").probability.to_numpy()
-                row[f"js_{quantity}"] = est.js_divergence(p, ref_p)
+            # JS with the run's main estimator, and for trained samplers also with bias weights.
+            for weights, suffix in ((estimator, ""), ("bias", "_bias_weights")):
+                mine_h = hist[hist.estimator == weights]
+                if mine_h.empty:
+                    continue
+                for quantity, ref_p in (("cv", reference.cv_histogram), ("energy_per_site", reference.energy_histogram)):
+                    p = mine_h[mine_h.quantity == quantity].sort_values("bin").probability.to_numpy()
+                    row[f"js_{quantity}{suffix}"] = est.js_divergence(p, ref_p)
             row["reference"] = reference.label
         cost = obs[obs.estimator == "cost"].set_index("observable").value
         row["energy_evaluations"] = cost["energy_evaluations"]

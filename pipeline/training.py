@@ -25,31 +25,9 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.bias import WellTemperedGridBias
+from pipeline.config import TrainingConfig
 from pipeline.estimators import kish_ess, normalized_weights
 from pipeline.sampler import MaskedDiffusionSampler, wdce_loss
-
-
-@dataclass(frozen=True)
-class TrainingSettings:
-    """Hyper-parameters of the dual loop.
-
-    ``warmstart`` = (β_warm, iterations): train at β_warm without bias for that many
-    outer iterations before the ``outer_iterations`` at the target β.
-    """
-
-    outer_iterations: int
-    batch_size: int = 128
-    inner_steps: int = 10
-    maskings: int = 16
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
-    ema_decay_max: float = 0.9999
-    replay_buffer_size: int = 0
-    warmstart: tuple[float, int] | None = None
-
-    @property
-    def total_iterations(self) -> int:
-        return self.outer_iterations + (self.warmstart[1] if self.warmstart else 0)
 
 
 @dataclass(frozen=True)
@@ -138,14 +116,16 @@ class CVStratifiedReplayBuffer:
 class DualLoopTrainer:
     """Trains a MaskedDiffusionSampler on π_V ∝ exp(−β[E + V]) with the dual loop.
 
-    ``bias=None`` trains plain MDNS (V ≡ 0). All randomness comes from one torch
-    Generator seeded with ``seed`` and saved in checkpoints, so a resumed run repeats
-    an uninterrupted one exactly on CPU.
+    ``bias=None`` trains plain MDNS (V ≡ 0). With ``warmstart``, the first
+    ``settings.warmstart_iterations`` outer iterations train at ``settings.warmstart_beta``
+    without bias, then ``settings.outer_iterations`` follow at ``beta``. All randomness
+    comes from one torch Generator seeded with ``seed`` and saved in checkpoints, so a
+    resumed run repeats an uninterrupted one exactly on CPU.
     """
 
     def __init__(self, system, sampler: MaskedDiffusionSampler, beta: float,
-                 settings: TrainingSettings, bias: WellTemperedGridBias | None = None,
-                 seed: int = 0):
+                 settings: TrainingConfig, bias: WellTemperedGridBias | None = None,
+                 seed: int = 0, warmstart: bool = False):
         if beta <= 0:
             raise ValueError(f"beta must be > 0, got {beta}")
         self.system = system
@@ -153,6 +133,8 @@ class DualLoopTrainer:
         self.ema_sampler = copy.deepcopy(sampler).requires_grad_(False)
         self.beta = float(beta)
         self.settings = settings
+        self.warmstart_iterations = settings.warmstart_iterations if warmstart else 0
+        self.total_iterations = settings.outer_iterations + self.warmstart_iterations
         self.bias = bias
         self.optimizer = torch.optim.AdamW(sampler.parameters(), lr=settings.learning_rate,
                                            weight_decay=settings.weight_decay)
@@ -174,18 +156,14 @@ class DualLoopTrainer:
     # ----------------------------------------------------------------- schedule
     def beta_at(self, iteration: int) -> float:
         """Inverse temperature used at outer iteration ``iteration`` (warm start first)."""
-        warm = self.settings.warmstart
-        if warm is not None and iteration < warm[1]:
-            return float(warm[0])
-        return self.beta
+        return float(self.settings.warmstart_beta) if iteration < self.warmstart_iterations else self.beta
 
     def bias_active_at(self, iteration: int) -> bool:
-        warm = self.settings.warmstart
-        return self.bias is not None and (warm is None or iteration >= warm[1])
+        return self.bias is not None and iteration >= self.warmstart_iterations
 
     @property
     def finished(self) -> bool:
-        return self.iteration >= self.settings.total_iterations
+        return self.iteration >= self.total_iterations
 
     # ----------------------------------------------------------------- one iteration
     def _bias_energy(self, cv: torch.Tensor, active: bool) -> torch.Tensor:
@@ -279,7 +257,7 @@ class DualLoopTrainer:
     def train(self, progress: bool = True, on_iteration=None) -> list[IterationRecord]:
         """Run the remaining outer iterations; ``on_iteration(trainer)`` after each one
         (the runner checkpoints there). Returns the full history."""
-        bar = tqdm(total=self.settings.total_iterations, initial=self.iteration,
+        bar = tqdm(total=self.total_iterations, initial=self.iteration,
                    desc="outer iteration", disable=not progress, dynamic_ncols=True)
         with bar:
             while not self.finished:

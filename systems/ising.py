@@ -60,7 +60,8 @@ class IsingModel(LatticeSystem):
             "positive_magnetisation": "1",
             **{f"correlation_r{r}": "1" for r in self.correlation_distances},
         }
-        self.headline_observables = ("energy_per_site", "abs_magnetisation", "positive_magnetisation")
+        self.headline_observables = ("energy_per_site", "abs_magnetisation", "positive_magnetisation",
+                                     "correlation_r1")
 
     def to_config(self) -> dict:
         return {"name": self.name, "L": self.L, "J": self.J, "field": self.field}

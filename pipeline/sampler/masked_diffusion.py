@@ -145,9 +145,15 @@ class MaskedDiffusionSampler(nn.Module):
 
     @property
     def default_batch_size(self) -> int:
-        """Samples per network call when batch_size=None: 2^14 site-rows on CPU (activations
-        stay cache-sized), 2^21 on accelerators."""
-        rows = _CPU_ROWS_PER_CHUNK if self._device().type == "cpu" else _ACCELERATOR_ROWS_PER_CHUNK
+        """Samples per network call when batch_size=None.
+
+        On CPU: the denoiser's ``cpu_rows_per_call`` (B·D site-rows; small chunks keep
+        activations cache-sized) or 2^14; on accelerators 2^21 site-rows.
+        """
+        if self._device().type == "cpu":
+            rows = int(getattr(self.denoiser, "cpu_rows_per_call", _CPU_ROWS_PER_CHUNK))
+        else:
+            rows = _ACCELERATOR_ROWS_PER_CHUNK
         return max(1, rows // self.n_sites)
 
     # ------------------------------------------------------------------ public API

@@ -98,10 +98,12 @@ def test_wdce_training_drives_kl_to_exact_ising_distribution_down():
     assert final < 0.05 and final < initial / 20, (initial, final)
     # Revealing 3 sites per step costs accuracy (they are drawn independently); with the
     # same 3 steps, a cosine schedule (1, 3, 5 sites) loses much less than groups of 3.
-    order_generator = torch.Generator().manual_seed(4)
-    uniform = kl_target_to_model(sampler.random_order(16, order_generator, sites_per_step=3))
-    sampler.schedule = "cosine"
-    cosine = kl_target_to_model(sampler.random_order(16, order_generator, sites_per_step=3))
+    uniform_orders = MaskedDiffusionSampler(denoiser, L * L, 2, sites_per_step=3).random_order(
+        16, torch.Generator().manual_seed(4))
+    cosine_orders = MaskedDiffusionSampler(denoiser, L * L, 2, sites_per_step=3, schedule="cosine").random_order(
+        16, torch.Generator().manual_seed(4))
+    assert int(uniform_orders.max()) == int(cosine_orders.max()) == 2  # three steps each
+    uniform, cosine = kl_target_to_model(uniform_orders), kl_target_to_model(cosine_orders)
     assert final < cosine < 0.5 * uniform, (final, cosine, uniform)
 
 

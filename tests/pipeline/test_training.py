@@ -1,0 +1,58 @@
+"""Unit tests of the dual loop's pieces: replay-buffer eviction, warm-start schedule, deposits."""
+
+import torch
+
+from pipeline.bias import WellTemperedGridBias
+from pipeline.config import TrainingConfig
+from pipeline.sampler import MaskedDiffusionSampler, build_denoiser
+from pipeline.training import CVStratifiedReplayBuffer, DualLoopTrainer
+from systems.registry import make_system
+
+
+def test_replay_buffer_keeps_newest_samples_evenly_across_strata():
+    buffer = CVStratifiedReplayBuffer(capacity=6)
+    # 8 samples of stratum 0 (ids 0..7), then 2 of stratum 1 (ids 8, 9) and 1 of stratum 2 (id 10).
+    ids = torch.arange(11)
+    strata = torch.tensor([0] * 8 + [1, 1, 2])
+    buffer.add(ids[:8, None], ids[:8].double(), strata[:8])
+    assert len(buffer) == 6 and buffer.x[:, 0].tolist() == [2, 3, 4, 5, 6, 7]  # newest of stratum 0
+    buffer.add(ids[8:, None], ids[8:].double(), strata[8:])
+    # quota c = 3: Σ min(count, 3) = 3 + 2 + 1 = 6 ≤ capacity; stratum 0 keeps its 3 newest.
+    assert sorted(buffer.x[:, 0].tolist()) == [5, 6, 7, 8, 9, 10]
+    assert torch.equal(buffer.log_q, buffer.x[:, 0].double())
+
+
+def tiny_trainer(**kwargs):
+    system = make_system("ising", L=4)
+    sampler = MaskedDiffusionSampler(build_denoiser("lattice", system, hidden=8, layers=1), 16, 2, sites_per_step=4)
+    settings = TrainingConfig(outer_iterations=3, batch_size=16, inner_steps=1, maskings=2,
+                              warmstart_beta=0.2, warmstart_iterations=2)
+    return DualLoopTrainer(system, sampler, 0.6, settings, seed=5, **kwargs)
+
+
+def test_warmstart_schedule_trains_hot_first_without_bias():
+    system = make_system("ising", L=4)
+    bias = WellTemperedGridBias.aligned(-1.0, 1.0, 2 / 16, sigma=0.05, gamma=10.0, kT=1 / 0.6, hill_height=0.01)
+    trainer = tiny_trainer(bias=bias, warmstart=True)
+    trainer.train(progress=False)
+    assert [r.beta for r in trainer.history] == [0.2, 0.2, 0.6, 0.6, 0.6]
+    # No hills during the warm start; B hills per outer iteration afterwards.
+    assert [r.n_hills for r in trainer.history] == [0, 0, 16, 32, 48]
+    assert [r.energy_evaluations for r in trainer.history] == [16, 32, 48, 64, 80]
+
+
+def test_without_warmstart_the_schedule_is_the_target():
+    trainer = tiny_trainer()
+    trainer.train(progress=False)
+    assert [r.beta for r in trainer.history] == [0.6, 0.6, 0.6]
+    assert all(r.n_hills == 0 and r.max_bias_kT == 0 for r in trainer.history)
+
+
+def test_ema_tracks_the_trained_weights():
+    trainer = tiny_trainer()
+    before = [p.clone() for p in trainer.ema_sampler.parameters()]
+    trainer.train(progress=False)
+    moved = [not torch.equal(a, b) for a, b in zip(before, trainer.ema_sampler.parameters())]
+    assert any(moved)
+    # First EMA steps use decay (1+t)/(10+t) < 1: the EMA sits between its start and the model.
+    assert all(not p.requires_grad for p in trainer.ema_sampler.parameters())
