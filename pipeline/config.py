@@ -82,6 +82,7 @@ SYSTEM_NAMES: tuple[str, ...] = tuple(BOLTZMANN_CONSTANT)
 """System names accepted in ``system.name``."""
 
 DENOISERS: tuple[str, ...] = ("lattice", "transformer")
+SCHEDULES: tuple[str, ...] = ("uniform", "cosine")
 """Denoiser networks accepted in ``sampler.denoiser``."""
 
 
@@ -156,11 +157,15 @@ class SystemConfig:
 class SamplerConfig:
     """MDNS network: denoiser kind, sites revealed per generation step, width/depth/heads.
 
-    ``heads`` is used by the transformer denoiser only.
+    ``schedule``: how the D sites are cut into ⌈D/k⌉ reveal steps: ``uniform`` (groups of
+    k) or ``cosine`` (same number of steps, one site first and larger groups last, so the
+    first sites, drawn independently from an all-MASK context, cannot disagree on the
+    mode of an ordered phase). ``heads`` is used by the transformer denoiser only.
     """
 
     denoiser: str = "lattice"
     sites_per_step: int = 4
+    schedule: str = "cosine"
     hidden: int = 64
     layers: int = 4
     heads: int = 4
@@ -504,6 +509,7 @@ def _parse_sampler(raw: Mapping) -> SamplerConfig:
     return SamplerConfig(
         denoiser=_choice(s.get("denoiser", d.denoiser), "sampler.denoiser", DENOISERS),
         sites_per_step=_int(s.get("sites_per_step", d.sites_per_step), "sampler.sites_per_step", ge=1),
+        schedule=_choice(s.get("schedule", d.schedule), "sampler.schedule", SCHEDULES),
         hidden=_int(s.get("hidden", d.hidden), "sampler.hidden", ge=1, example="`hidden: 64`"),
         layers=_int(s.get("layers", d.layers), "sampler.layers", ge=1, example="`layers: 4`"),
         heads=_int(s.get("heads", d.heads), "sampler.heads", ge=1, example="`heads: 4`"),

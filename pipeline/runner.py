@@ -109,7 +109,8 @@ def build_sampler(config: Config, system) -> MaskedDiffusionSampler:
     if s.denoiser == "transformer":
         sizes["heads"] = s.heads
     denoiser = build_denoiser(s.denoiser, system, **sizes)
-    return MaskedDiffusionSampler(denoiser, system.n_sites, system.n_states, sites_per_step=s.sites_per_step)
+    return MaskedDiffusionSampler(denoiser, system.n_sites, system.n_states, sites_per_step=s.sites_per_step,
+                                  schedule=s.schedule)
 
 
 def run_config_dict(config: Config, spec: RunSpec) -> dict:

@@ -38,6 +38,7 @@ from pipeline import training as training_module
 from pipeline.config import config_from_dict, config_hash, expand_runs, load_config
 from pipeline.outputs import read_parquet_metadata, samples_from_table
 from pipeline.runner import derive_seed
+from pipeline.sampler import group_sizes
 from systems.exact import exact_ensemble
 from systems.registry import make_system
 
@@ -453,9 +454,11 @@ def test_samples_table_is_consistent_with_energy_cv_and_bias(finished_campaign):
     data = samples_from_table(pq.read_table(run_dir / "samples.parquet"))
     n = TINY["sampling"]["n_samples"]
     assert data["x"].shape == (n, D) and set(np.unique(data["x"])) <= {0, 1}
-    # each sample's order is a reveal schedule: sites_per_step sites per generation step
-    counts = np.apply_along_axis(np.bincount, 1, data["order"], minlength=D // 4)
-    assert np.all(counts == TINY["sampler"]["sites_per_step"])
+    # each sample's order follows the reveal schedule (default cosine): the same group sizes
+    # per generation step for every sample
+    expected = np.array(group_sizes(D, TINY["sampler"]["sites_per_step"], schedule="cosine"))
+    counts = np.apply_along_axis(np.bincount, 1, data["order"], minlength=len(expected))
+    assert expected[0] == 1 and np.all(counts == expected[None, :])
     system = make_system("ising", L=L, J=1.0, field=0.0)
     x = torch.from_numpy(data["x"])
     np.testing.assert_allclose(data["energy"], system.energy(x).numpy(), rtol=0, atol=1e-12)

@@ -582,3 +582,10 @@ def test_profile_with_unknown_key_names_the_key(tmp_path):
     with pytest.raises(ConfigError) as error:
         load_config(path, profile="cpu")
     assert error.value.field == "training.outer_iteration"
+
+
+def test_reveal_schedule_defaults_to_cosine_and_is_validated():
+    assert config_from_dict(minimal(), "x").sampler.schedule == "cosine"
+    assert config_from_dict(minimal(sampler={"schedule": "uniform"}), "x").sampler.schedule == "uniform"
+    error = expect_error(minimal(sampler={"schedule": "zigzag"}), "sampler.schedule")
+    assert "cosine" in str(error)
