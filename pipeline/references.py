@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from pipeline.bias import WellTemperedGridBias
 from pipeline.estimators import fes_rmse
-from systems.reference_samplers import metropolis, metropolis_step, swendsen_wang
+from systems.reference_samplers import metropolis, swendsen_wang
 
 
 @dataclass

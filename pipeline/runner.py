@@ -9,7 +9,6 @@ marks a finished run). Every file is written atomically.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import json
@@ -367,7 +366,7 @@ def _run_reference(ctx: RunContext) -> dict:
 
 
 def _summarise_chains(ctx: RunContext, record: ChainRecord, bias) -> dict:
-    system, spec = ctx.system, ctx.spec
+    system = ctx.system
     n_steps, n_chains, D = record.states.shape
     flat = record.states.reshape(-1, D).long()
     energy = system.energy(flat).numpy()

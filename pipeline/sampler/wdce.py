@@ -71,7 +71,6 @@ def wdce_loss(denoiser: nn.Module, x: torch.Tensor, weights: torch.Tensor, n_mas
 
     parameter = next(iter(denoiser.parameters()), None)
     device = parameter.device if parameter is not None else x.device
-    dtype = parameter.dtype if parameter is not None else torch.get_default_dtype()
     n_rows = n_samples * n_maskings
 
     def uniform(shape):

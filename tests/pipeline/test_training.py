@@ -31,7 +31,6 @@ def tiny_trainer(**kwargs):
 
 
 def test_warmstart_schedule_trains_hot_first_without_bias():
-    system = make_system("ising", L=4)
     bias = WellTemperedGridBias.aligned(-1.0, 1.0, 2 / 16, sigma=0.05, gamma=10.0, kT=1 / 0.6, hill_height=0.01)
     trainer = tiny_trainer(bias=bias, warmstart=True)
     trainer.train(progress=False)
