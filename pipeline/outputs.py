@@ -158,6 +158,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     _fsync_directory(target.parent)
 
 
+def remove_stale_temporaries(folder: str | Path) -> None:
+    """Delete temporary files (``.<name>.<random>.tmp``, see :func:`atomic_path`) that an
+    atomic write left behind when its process was killed. A missing folder is fine."""
+    for stale in Path(folder).glob(".*.tmp"):
+        stale.unlink()
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically; returns the path."""
     if not isinstance(data, (bytes, bytearray, memoryview)):

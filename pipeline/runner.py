@@ -28,7 +28,7 @@ from pipeline import plots
 from pipeline.bias import WellTemperedGridBias
 from pipeline.config import Config, ConfigError, RunSpec, config_hash, expand_runs, validate_bias_grid
 from pipeline.outputs import (atomic_write_bytes, atomic_write_text, fes_table, observables_table,
-                              provenance_metadata, samples_table, write_parquet, write_yaml)
+                              provenance_metadata, remove_stale_temporaries, samples_table, write_parquet, write_yaml)
 from pipeline.references import ChainRecord, run_mcmc_metadynamics, run_metropolis, run_swendsen_wang
 from pipeline.sampler import MaskedDiffusionSampler, build_denoiser
 from pipeline.training import DualLoopTrainer
@@ -124,13 +124,6 @@ def run_config_dict(config: Config, spec: RunSpec) -> dict:
     return resolved
 
 
-def remove_stale_temporary_files(run_dir: Path) -> None:
-    """Delete temporary files left by an atomic write that was killed (``.NAME.XXXX.tmp``)."""
-    for folder in (run_dir, run_dir / "checkpoints"):
-        for stale in folder.glob(".*.tmp"):
-            stale.unlink()
-
-
 def derive_seed(seed: int, run_name: str) -> int:
     """Independent, reproducible seed for one run of a campaign."""
     digest = hashlib.sha256(f"{seed}:{run_name}".encode()).digest()
@@ -189,7 +182,8 @@ def execute_run(campaign: Campaign, spec: RunSpec, progress: bool = True) -> Run
     if summary_path.exists():
         return RunResult(spec, run_dir, json.loads(summary_path.read_text()))
     run_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporary_files(run_dir)
+    for folder in (run_dir, run_dir / "checkpoints"):
+        remove_stale_temporaries(folder)
     system = build_system(config)
     seed = derive_seed(config.seed, spec.run_name)
     write_yaml(run_dir / "config.yaml", run_config_dict(config, spec))
@@ -295,15 +289,15 @@ def _run_neural(ctx: RunContext) -> dict:
         for name, values in observables.items():
             mean, stderr = est.weighted_mean_and_stderr(values, log_w)
             rows.append(_row(ctx, estimator, name, system.observable_units[name], mean, stderr, ess, n))
+    ess_lik, ess_biased_target = est.kish_ess(log_w_lik), est.kish_ess(log_w_biased_target)
     ln_z, ln_z_err = est.log_partition_function(log_w_lik)
-    rows.append(_row(ctx, "likelihood", "log_partition_function", "1", ln_z, ln_z_err, est.kish_ess(log_w_lik), n))
-    rows.append(_row(ctx, "biased_target", "ess_fraction", "1", est.kish_ess(log_w_biased_target) / n,
-                     math.nan, est.kish_ess(log_w_biased_target), n))
-    rows.append(_row(ctx, "likelihood", "ess_fraction", "1", est.kish_ess(log_w_lik) / n, math.nan,
-                     est.kish_ess(log_w_lik), n))
-    mh_rng = np.random.default_rng(ctx.seed)
-    chain_idx, acceptance = est.independence_metropolis_hastings(log_w_lik, mh_rng)
+    rows.append(_row(ctx, "likelihood", "log_partition_function", "1", ln_z, ln_z_err, ess_lik, n))
+    rows.append(_row(ctx, "biased_target", "ess_fraction", "1", ess_biased_target / n, math.nan,
+                     ess_biased_target, n))
+    rows.append(_row(ctx, "likelihood", "ess_fraction", "1", ess_lik / n, math.nan, ess_lik, n))
+    acceptance = math.nan
     if config.sampling.metropolis_hastings:
+        chain_idx, acceptance = est.independence_metropolis_hastings(log_w_lik, np.random.default_rng(ctx.seed))
         for name, values in observables.items():
             mean, stderr = est.mcmc_mean_and_stderr(values[chain_idx][:, None])
             rows.append(_row(ctx, "mh", name, system.observable_units[name], mean, stderr, math.nan, n))
@@ -331,7 +325,7 @@ def _run_neural(ctx: RunContext) -> dict:
                                [r.max_bias_kT for r in history], [r.cv_coverage for r in history],
                                title=f"{spec.run_name}: bias growth and CV coverage")
 
-    ess_fraction = est.kish_ess(log_w_lik) / n
+    ess_fraction = ess_lik / n
     coverage = history[-1].cv_coverage if history else math.nan
     warnings = []
     if ess_fraction < LOW_ESS_FRACTION:
@@ -493,8 +487,8 @@ def _write_common(ctx: RunContext, rows, histograms, fes_samples, fes_bias, bias
 
 
 def _on_centres(bias, fes_bias, centres):
-    """Bias FES read at the histogram bin centres (nearest node)."""
-    return bias.free_energy()[np.argmin(np.abs(bias.axes[0][None, :] - centres[:, None]), axis=1)]
+    """Bias FES (on the bias grid) read at the histogram bin centres (nearest node)."""
+    return fes_bias[np.argmin(np.abs(bias.axes[0][None, :] - centres[:, None]), axis=1)]
 
 
 def _summary(ctx: RunContext, warnings: list[str], **figures) -> dict:
