@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from pipeline.bias import WellTemperedGridBias
 from pipeline.config import TrainingConfig
 from pipeline.estimators import kish_ess, normalized_weights
-from pipeline.sampler import MaskedDiffusionSampler, wdce_loss
+from pipeline.sampler import MaskedDiffusionSampler, wdce_backward
 
 
 @dataclass(frozen=True)
@@ -228,14 +228,12 @@ class DualLoopTrainer:
         self.sampler.train()
         loss_total = 0.0
         for _ in range(s.inner_steps):
-            loss = wdce_loss(self.sampler.denoiser, train_x, weights, s.maskings,
-                             self.generator, self.system.n_states)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss_total += wdce_backward(self.sampler.denoiser, train_x, weights, s.maskings,
+                                        self.generator, self.system.n_states)
             self.optimizer.step()
             self.gradient_steps += 1
             self._ema_update()
-            loss_total += float(loss.detach())
 
         self.iteration += 1
         self.elapsed_s += time.perf_counter() - start

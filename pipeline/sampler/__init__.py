@@ -13,7 +13,7 @@ from pipeline.sampler.masked_diffusion import (
     cosine_group_sizes,
     group_sizes,
 )
-from pipeline.sampler.wdce import MAX_INVERSE_MASK_LEVEL, wdce_loss
+from pipeline.sampler.wdce import MAX_INVERSE_MASK_LEVEL, wdce_backward, wdce_loss
 
 __all__ = [
     "DENOISER_KINDS",
@@ -26,5 +26,6 @@ __all__ = [
     "cosine_group_sizes",
     "group_sizes",
     "MAX_INVERSE_MASK_LEVEL",
+    "wdce_backward",
     "wdce_loss",
 ]

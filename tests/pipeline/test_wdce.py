@@ -14,7 +14,7 @@ import itertools
 import pytest
 import torch
 
-from pipeline.sampler import LatticeLocalDenoiser, MaskedDiffusionSampler, wdce_loss
+from pipeline.sampler import LatticeLocalDenoiser, MaskedDiffusionSampler, wdce_backward, wdce_loss
 
 
 def square_neighbours(L: int) -> torch.Tensor:
@@ -129,3 +129,19 @@ def test_wdce_loss_has_gradient_and_validates_inputs():
         wdce_loss(denoiser, x, weights[:3], 2, generator, 2)
     with pytest.raises(ValueError, match="n_states"):
         wdce_loss(denoiser, x, weights, 2, generator, 3)
+
+
+@pytest.mark.parametrize("rows_per_call", [1, 40, 10_000])
+def test_chunked_backward_equals_one_pass_gradient(rows_per_call):
+    """wdce_backward draws the same maskings and accumulates the same gradient in chunks."""
+    neighbours = square_neighbours(3)
+    x = all_states(2, 9)[::7]                                   # 74 configurations
+    weights = torch.softmax(torch.linspace(-2.0, 1.0, x.shape[0], dtype=torch.float64), 0)
+    one_pass = seeded_denoiser(neighbours, 2, hidden=8, layers=2, seed=3, dtype=torch.float64)
+    chunked = seeded_denoiser(neighbours, 2, hidden=8, layers=2, seed=3, dtype=torch.float64)
+    loss = wdce_loss(one_pass, x, weights, 4, torch.Generator().manual_seed(5), 2)
+    loss.backward()
+    value = wdce_backward(chunked, x, weights, 4, torch.Generator().manual_seed(5), 2, rows_per_call=rows_per_call)
+    assert value == pytest.approx(float(loss), rel=1e-12)
+    for (name, a), b in zip(one_pass.named_parameters(), chunked.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-10, atol=1e-13, msg=name)
