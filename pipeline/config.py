@@ -75,8 +75,17 @@ __all__ = [
 METHODS: tuple[str, ...] = ("metadns", "mdns", "mdns-warmstart", "mcmc-metad", "sw", "metropolis")
 """Method names accepted in ``methods``."""
 
-BOLTZMANN_CONSTANT: dict[str, float] = {"ising": 1.0, "potts": 1.0}
-"""k_B per system, in the system's energy unit per temperature unit (J per J/k_B = 1)."""
+BOLTZMANN_CONSTANT: dict[str, float] = {"ising": 1.0, "potts": 1.0, "alloy": 8.617333262e-5}
+"""k_B per system, in the system's energy unit per temperature unit (J per J/k_B = 1; eV/K for alloys)."""
+
+LATTICE_MODEL_KEYS: tuple[str, ...] = ("L", "J", "field", "q")
+"""System keys of the square-lattice models (ising, potts)."""
+ALLOY_KEYS: tuple[str, ...] = ("size", "cell", "lattice_constant", "species", "energy", "delta_mu", "cv")
+"""System keys of binary FCC alloys (``name: alloy``)."""
+ALLOY_DEFAULTS: dict[str, Any] = {"size": [4, 4, 4], "cell": "primitive", "lattice_constant": 3.8,
+                                  "species": ["Cu", "Au"], "energy": {"name": "cluster_expansion", "model": "cuau_paper"},
+                                  "delta_mu": 0.0, "cv": "composition"}
+"""Defaults of the alloy keys: the paper's 64-site Cu–Au cell with its cluster expansion."""
 
 SYSTEM_NAMES: tuple[str, ...] = tuple(BOLTZMANN_CONSTANT)
 """System names accepted in ``system.name``."""
@@ -104,17 +113,20 @@ class ConfigError(ValueError):
 class SystemConfig:
     """The physical system.  Exactly one of ``beta`` / ``temperature`` is set (a tuple, > 0).
 
-    ``field`` (h, in J) applies to Ising only (0 for Potts); ``q`` applies to Potts only
-    (``None`` for Ising).  Temperatures are in J/k_B with k_B = 1.
+    Lattice models (ising, potts): ``L``; ``field`` (h, in J) applies to Ising only (0 for
+    Potts); ``q`` applies to Potts only (``None`` for Ising).  Temperatures in J/k_B, k_B = 1.
+    Alloys (``alloy``): ``alloy`` holds the FCC cell, species, energy backend, Δμ (eV) and CV
+    (keys :data:`ALLOY_KEYS`); temperatures in kelvin, beta in 1/eV.
     """
 
     name: str
-    L: int
+    L: int | None = None
     J: float = 1.0
     field: float = 0.0
     q: int | None = None
     beta: tuple[float, ...] | None = None
     temperature: tuple[float, ...] | None = None
+    alloy: dict[str, Any] | None = None
 
     @property
     def boltzmann_constant(self) -> float:
@@ -135,16 +147,21 @@ class SystemConfig:
         return tuple(1.0 / (self.boltzmann_constant * b) for b in self.beta)
 
     def system_params(self) -> dict[str, Any]:
-        """Keyword parameters describing the model (L, J, field for Ising; L, J, q for Potts)."""
+        """Keyword parameters of the model (L, J, field for Ising; L, J, q for Potts; the alloy keys)."""
+        if self.name == "alloy":
+            return copy.deepcopy(self.alloy)
         if self.name == "potts":
             return {"L": self.L, "J": self.J, "q": self.q}
         return {"L": self.L, "J": self.J, "field": self.field}
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name, "L": self.L, "J": self.J}
+        if self.name == "alloy":
+            out: dict[str, Any] = {"name": self.name, **copy.deepcopy(self.alloy)}
+        else:
+            out = {"name": self.name, "L": self.L, "J": self.J}
         if self.name == "potts":
             out["q"] = self.q
-        else:
+        elif self.name == "ising":
             out["field"] = self.field
         if self.beta is not None:
             out["beta"] = list(self.beta)
@@ -426,7 +443,7 @@ def _int_or_list(value: Any, field: str, *, ge=None, allow_none=False, example: 
 
 _REQUIRED = object()
 
-_SYSTEM_KEYS = ("name", "L", "J", "field", "q", "beta", "temperature")
+_SYSTEM_KEYS = ("name", *LATTICE_MODEL_KEYS, *ALLOY_KEYS, "beta", "temperature")
 _SECTION_CLASSES = {
     "sampler": SamplerConfig,
     "bias": BiasConfig,
@@ -468,6 +485,15 @@ def _parse_system(raw: Mapping) -> SystemConfig:
     if "name" not in s:
         raise ConfigError("system.name", f"is required: one of {', '.join(SYSTEM_NAMES)}")
     name = _choice(s["name"], "system.name", SYSTEM_NAMES)
+    if name == "alloy":
+        for key in LATTICE_MODEL_KEYS:
+            if key in s:
+                raise ConfigError(f"system.{key}", f"{key} applies to the square-lattice models (ising, potts), not to "
+                                  f"alloys; describe the cell with {', '.join(ALLOY_KEYS[:3])}")
+        return _with_temperatures(s, SystemConfig(name=name, alloy=_parse_alloy(s)))
+    for key in ALLOY_KEYS:
+        if key in s:
+            raise ConfigError(f"system.{key}", f"{key} applies to alloys (system.name: alloy); remove it for {name}")
     if "L" not in s:
         raise ConfigError("system.L", "is required: the linear lattice size, an integer >= 2, e.g. `L: 16`")
     L = _int(s["L"], "system.L", ge=2, example="`L: 16`")
@@ -489,19 +515,52 @@ def _parse_system(raw: Mapping) -> SystemConfig:
         raise ConfigError(
             "system.beta", "give exactly one of system.beta or system.temperature, e.g. `beta: [0.28, 0.6]`"
         )
+    return _with_temperatures(s, SystemConfig(name=name, L=L, J=J, field=field, q=q))
+
+
+def _with_temperatures(s: Mapping, system: SystemConfig) -> SystemConfig:
+    """``system`` with its ``beta`` or ``temperature`` list parsed from the section ``s``."""
+    has_beta, has_temperature = s.get("beta") is not None, s.get("temperature") is not None
+    if has_beta and has_temperature:
+        raise ConfigError("system.beta", "give exactly one of system.beta and system.temperature, not both")
+    if not (has_beta or has_temperature):
+        example = "`temperature: [500, 680, 1200]` (kelvin)" if system.name == "alloy" else "`beta: [0.28, 0.6]`"
+        raise ConfigError("system.beta", f"give exactly one of system.beta or system.temperature, e.g. {example}")
     key = "beta" if has_beta else "temperature"
     values = _float_list(s[key], f"system.{key}", gt=0, example=f"`{key}: [0.28, 0.6]`")
     if len(set(values)) != len(values):
         raise ConfigError(f"system.{key}", f"values must be distinct, got {list(values)}; remove the repeats")
-    return SystemConfig(
-        name=name,
-        L=L,
-        J=J,
-        field=field,
-        q=q,
-        beta=values if has_beta else None,
-        temperature=None if has_beta else values,
-    )
+    return dataclasses.replace(system, beta=values if has_beta else None, temperature=None if has_beta else values)
+
+
+def _parse_alloy(s: Mapping) -> dict[str, Any]:
+    """The alloy keys with defaults filled in and their types checked (the system checks the rest)."""
+    out = {key: copy.deepcopy(s.get(key, default)) for key, default in ALLOY_DEFAULTS.items()}
+    size = out["size"]
+    if isinstance(size, (int, float)) and not isinstance(size, bool):
+        size = [size] * 3
+    if not isinstance(size, Sequence) or isinstance(size, str) or len(size) != 3:
+        raise ConfigError("system.size", f"must be three positive integers (cell repetitions), e.g. `size: [4, 4, 4]`; "
+                          f"got {_describe(out['size'])}")
+    out["size"] = [_int(v, "system.size", ge=1, example="`size: [4, 4, 4]`") for v in size]
+    out["cell"] = _choice(out["cell"], "system.cell", ("primitive", "conventional"))
+    out["lattice_constant"] = _float(out["lattice_constant"], "system.lattice_constant", gt=0,
+                                     example="`lattice_constant: 3.8` (Å)")
+    species = out["species"]
+    if not isinstance(species, Sequence) or isinstance(species, str) or len(species) != 2 \
+            or not all(isinstance(v, str) for v in species) or species[0] == species[1]:
+        raise ConfigError("system.species", f"must be two different chemical symbols, occupation 0 then 1, e.g. "
+                          f"`species: [Cu, Au]`; got {_describe(species)}")
+    out["species"] = list(species)
+    energy = out["energy"]
+    if not isinstance(energy, Mapping) or not isinstance(energy.get("name"), str):
+        raise ConfigError("system.energy", "must be a mapping naming the backend, e.g. "
+                          "`energy: {name: cluster_expansion, model: cuau_paper}` or `energy: {name: ase}` (EMT); "
+                          f"got {_describe(energy)}")
+    out["energy"] = dict(energy)
+    out["delta_mu"] = _float(out["delta_mu"], "system.delta_mu", example="`delta_mu: 0.0` (eV)")
+    out["cv"] = _choice(out["cv"], "system.cv", ("composition", "composition_order"))
+    return out
 
 
 def _parse_sampler(raw: Mapping) -> SamplerConfig:
@@ -631,11 +690,15 @@ def config_from_dict(d: Mapping[str, Any], name: str | None = None) -> Config:
             f"must be a non-empty string of letters, digits, '.', '_' or '-' (it names output folders); got {run_name!r}",
         )
     seed = _int(d.get("seed", 0), "seed", ge=0, example="`seed: 0`")
+    methods, system = _parse_methods(d), _parse_system(d)
+    if system.name == "alloy" and "sw" in methods:
+        raise ConfigError("methods", "sw (Swendsen–Wang cluster moves) applies to ising and potts only; "
+                          "use metropolis or mcmc-metad as the alloy reference")
     return Config(
         name=run_name,
         seed=seed,
-        methods=_parse_methods(d),
-        system=_parse_system(d),
+        methods=methods,
+        system=system,
         sampler=_parse_sampler(d),
         bias=_parse_bias(d),
         training=_parse_training(d),

@@ -87,7 +87,15 @@ class RunResult:
 
 # ----------------------------------------------------------------------------- setup
 def build_system(config: Config):
-    return make_system(config.system.name, **config.system.system_params())
+    """The configured system; a rejected parameter becomes a ConfigError naming its key."""
+    try:
+        return make_system(config.system.name, **config.system.system_params())
+    except (ValueError, FileNotFoundError) as error:
+        message = str(error)
+        key = next((k for k in config.system.system_params() if message.startswith(k) or f" {k} " in message), None)
+        if key is None and config.system.name == "alloy":
+            key = "energy"  # backend problems: model files, calculators
+        raise ConfigError(f"system.{key}" if key else "system", message) from error
 
 
 def build_bias(config: Config, system, beta: float, hills_per_cycle: int) -> WellTemperedGridBias:
@@ -422,7 +430,7 @@ def _chain_histogram(values, log_w, edges, n_steps, n_chains):
 # ----------------------------------------------------------------------------- writing
 def _row(ctx: RunContext, estimator, observable, unit, value, stderr, ess, n) -> dict:
     return {"system": ctx.system.name, "method": ctx.spec.method, "temperature": ctx.spec.temperature,
-            "beta": ctx.spec.beta, "delta_mu": 0.0, "estimator": estimator, "observable": observable,
+            "beta": ctx.spec.beta, "delta_mu": float(getattr(ctx.system, "delta_mu", 0.0)), "estimator": estimator, "observable": observable,
             "unit": unit, "value": float(value), "stderr": float(stderr), "ess": float(ess),
             "n_samples": int(n)}
 

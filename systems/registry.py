@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 
+from .alloys.alloy import BinaryAlloy
 from .base import LatticeSystem
 from .ising import IsingModel
 from .potts import PottsModel
@@ -13,6 +14,7 @@ __all__ = ["SYSTEMS", "make_system"]
 SYSTEMS: dict[str, type[LatticeSystem]] = {
     IsingModel.name: IsingModel,
     PottsModel.name: PottsModel,
+    BinaryAlloy.name: BinaryAlloy,
 }
 
 

@@ -716,3 +716,20 @@ def test_training_threads_setting_is_applied(tmp_path, monkeypatch):
         torch.set_num_threads(previous)
     assert code == 0, stderr
     assert seen == [1], f"torch used {seen} threads with training.threads: 1"
+
+
+@pytest.mark.parametrize("energy, message", [
+    ({"name": "cluster_expansion", "model": "missing/model.ce"}, "missing/model.ce"),
+    ({"name": "ase", "calculator": "ase.calculators.nothing:Nope"}, "cannot import ASE calculator"),
+    ({"name": "dft"}, "unknown energy backend"),
+])
+def test_bad_alloy_backend_exits_2_naming_system_energy_and_writes_nothing(tmp_path, energy, message):
+    config = {"methods": ["metadns"], "system": {"name": "alloy", "size": [1, 1, 1], "cell": "conventional",
+                                                 "energy": energy, "temperature": [1000]}}
+    config_path = write_config(tmp_path / "cfg", config)
+    out = tmp_path / "out"
+    code, stdout, stderr = run_cli("run", config_path, "--out", out, "--quiet")
+    assert code == 2, stderr
+    assert "system.energy" in stderr and message in stderr
+    assert "Traceback" not in stderr
+    assert_wrote_nothing(out)

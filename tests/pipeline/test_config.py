@@ -589,3 +589,39 @@ def test_reveal_schedule_defaults_to_cosine_and_is_validated():
     assert config_from_dict(minimal(sampler={"schedule": "uniform"}), "x").sampler.schedule == "uniform"
     error = expect_error(minimal(sampler={"schedule": "zigzag"}), "sampler.schedule")
     assert "cosine" in str(error)
+
+
+ALLOY = {"name": "alloy", "temperature": [500, 1200]}
+
+
+def test_alloy_section_fills_defaults_and_uses_kelvin():
+    config = config_from_dict({"methods": ["metadns"], "system": ALLOY}, "cuau")
+    params = config.system.system_params()
+    assert params == {"size": [4, 4, 4], "cell": "primitive", "lattice_constant": 3.8, "species": ["Cu", "Au"],
+                      "energy": {"name": "cluster_expansion", "model": "cuau_paper"}, "delta_mu": 0.0,
+                      "cv": "composition"}
+    k_b = 8.617333262e-5
+    assert config.system.betas == pytest.approx((1 / (k_b * 500), 1 / (k_b * 1200)), rel=1e-15)
+    assert config_from_dict({"methods": ["metadns"], "system": config.system.to_dict()}, "cuau") == config
+
+
+@pytest.mark.parametrize("patch, field", [
+    ({"L": 4}, "system.L"),
+    ({"size": [4, 4]}, "system.size"),
+    ({"size": [4, 0, 4]}, "system.size"),
+    ({"cell": "hcp"}, "system.cell"),
+    ({"lattice_constant": 0}, "system.lattice_constant"),
+    ({"species": ["Cu", "Cu"]}, "system.species"),
+    ({"energy": "emt"}, "system.energy"),
+    ({"delta_mu": "lots"}, "system.delta_mu"),
+    ({"cv": "order"}, "system.cv"),
+    ({"temperature": None}, "system.beta"),
+])
+def test_bad_alloy_settings_name_the_field(patch, field):
+    system = {k: v for k, v in {**ALLOY, **patch}.items() if v is not None}
+    expect_error({"methods": ["metadns"], "system": system}, field)
+
+
+def test_alloy_keys_on_lattice_models_and_sw_on_alloys_are_rejected():
+    expect_error(minimal(system={"delta_mu": 0.1}), "system.delta_mu")
+    expect_error({"methods": ["sw"], "system": ALLOY}, "methods")

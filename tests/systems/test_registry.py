@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from systems.alloys.alloy import BinaryAlloy
 from systems.base import CVSpec
 from systems.ising import IsingModel
 from systems.potts import PottsModel
@@ -10,12 +11,14 @@ from systems.registry import SYSTEMS, make_system
 
 
 def test_registry_names():
-    assert SYSTEMS == {"ising": IsingModel, "potts": PottsModel}
+    assert SYSTEMS == {"ising": IsingModel, "potts": PottsModel, "alloy": BinaryAlloy}
 
 
 @pytest.mark.parametrize("config", [
     {"name": "ising", "L": 4, "J": 0.5, "field": 0.1},
     {"name": "potts", "L": 3, "q": 4, "J": 2.0},
+    {"name": "alloy", "size": [2, 2, 2], "cell": "conventional", "lattice_constant": 3.9, "species": ["Cu", "Au"],
+     "energy": {"name": "ase"}, "delta_mu": 0.05, "cv": "composition_order"},
 ])
 def test_to_config_rebuilds_an_equivalent_system(config):
     system = make_system(**config)
@@ -26,7 +29,7 @@ def test_to_config_rebuilds_an_equivalent_system(config):
 
 
 def test_unknown_name_lists_valid_names():
-    with pytest.raises(ValueError, match=r"unknown system 'xy'.*\['ising', 'potts'\]"):
+    with pytest.raises(ValueError, match=r"unknown system 'xy'.*\['alloy', 'ising', 'potts'\]"):
         make_system("xy", L=4)
 
 

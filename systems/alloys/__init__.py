@@ -1,0 +1,1 @@
+"""Binary alloys on FCC lattices: geometry, energy backends, the alloy system."""
