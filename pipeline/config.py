@@ -243,11 +243,16 @@ class TrainingConfig:
 @dataclass(frozen=True)
 class SamplingConfig:
     """Fresh samples from the trained model: how many, in batches of ``batch_size``, and
-    whether an independence Metropolis–Hastings pass is also reported."""
+    whether an independence Metropolis–Hastings pass is also reported.
+
+    ``delta_mu_grid`` (alloys only, eV): chemical-potential differences to which the trained
+    samplers' likelihood-weighted samples are reweighted (observables and F(s) per Δμ).
+    """
 
     n_samples: int = 10000
     batch_size: int = 2000
     metropolis_hastings: bool = True
+    delta_mu_grid: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -638,7 +643,21 @@ def _parse_sampling(raw: Mapping) -> SamplingConfig:
         n_samples=_int(s.get("n_samples", d.n_samples), "sampling.n_samples", ge=2, example="`n_samples: 10000`"),
         batch_size=_int(s.get("batch_size", d.batch_size), "sampling.batch_size", ge=1, example="`batch_size: 2000`"),
         metropolis_hastings=_bool(s.get("metropolis_hastings", d.metropolis_hastings), "sampling.metropolis_hastings"),
+        delta_mu_grid=_delta_mu_grid(s.get("delta_mu_grid", d.delta_mu_grid)),
     )
+
+
+def _delta_mu_grid(value: Any) -> tuple[float, ...]:
+    if value is None or (isinstance(value, (list, tuple)) and not value):
+        return ()
+    if isinstance(value, (list, tuple)):
+        values = tuple(_float(v, "sampling.delta_mu_grid", example="`delta_mu_grid: [-0.1, 0.0, 0.1]` (eV)")
+                       for v in value)
+    else:
+        values = (_float(value, "sampling.delta_mu_grid", example="`delta_mu_grid: [-0.1, 0.0, 0.1]` (eV)"),)
+    if len(set(values)) != len(values):
+        raise ConfigError("sampling.delta_mu_grid", f"values must be distinct, got {list(values)}")
+    return tuple(sorted(values))
 
 
 def _parse_reference(raw: Mapping) -> ReferenceConfig:
@@ -691,6 +710,9 @@ def config_from_dict(d: Mapping[str, Any], name: str | None = None) -> Config:
         )
     seed = _int(d.get("seed", 0), "seed", ge=0, example="`seed: 0`")
     methods, system = _parse_methods(d), _parse_system(d)
+    sampling = _parse_sampling(d)
+    if sampling.delta_mu_grid and system.name != "alloy":
+        raise ConfigError("sampling.delta_mu_grid", f"Δμ reweighting applies to alloys only; remove it for {system.name}")
     if system.name == "alloy" and "sw" in methods:
         raise ConfigError("methods", "sw (Swendsen–Wang cluster moves) applies to ising and potts only; "
                           "use metropolis or mcmc-metad as the alloy reference")
@@ -702,7 +724,7 @@ def config_from_dict(d: Mapping[str, Any], name: str | None = None) -> Config:
         sampler=_parse_sampler(d),
         bias=_parse_bias(d),
         training=_parse_training(d),
-        sampling=_parse_sampling(d),
+        sampling=sampling,
         reference=_parse_reference(d),
     )
 

@@ -401,7 +401,7 @@ def observables_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
 # fes
 # --------------------------------------------------------------------------------------------
 
-_FES_VALUE_COLUMNS = ("free_energy_kT", "stderr", "source")
+_FES_VALUE_COLUMNS = ("free_energy_kT", "stderr", "source", "delta_mu")
 
 
 def _check_cv_names(cv_names: Sequence[str], reserved: Sequence[str], argument: str = "cv_names") -> tuple[str, ...]:
@@ -423,7 +423,8 @@ def fes_schema(cv_names: Sequence[str]) -> pa.Schema:
     names = _check_cv_names(cv_names, _FES_VALUE_COLUMNS)
     return pa.schema(
         [(name, pa.float64()) for name in names]
-        + [("free_energy_kT", pa.float64()), ("stderr", pa.float64()), ("source", pa.string())]
+        + [("free_energy_kT", pa.float64()), ("stderr", pa.float64()), ("source", pa.string()),
+           ("delta_mu", pa.float64())]
     )
 
 
@@ -440,12 +441,14 @@ def fes_table(
     free_energy_kT: Any,
     stderr: Any = None,
     source: str = "bias",
+    delta_mu: float = 0.0,
 ) -> pa.Table:
     """Build an FES table.
 
     ``points`` (G, d) CV values (a 1-D array is read as (G, 1)); ``free_energy_kT`` (G,) in
     k_BT, NaN allowed; ``stderr`` (G,) or None (all NaN); ``source`` ``"bias"`` or
-    ``"samples"``.  For a grid, pass the flattened meshgrid (``indexing="ij"``) and F flattened
+    ``"samples"``; ``delta_mu`` the semi-grand-canonical Δμ (eV) the FES belongs to (0 for
+    lattice models; alloy runs add one samples FES per reweighted Δμ).  For a grid, pass the flattened meshgrid (``indexing="ij"``) and F flattened
     the same way.  Tables of both sources can be concatenated with ``pa.concat_tables``.
     """
     names = _check_cv_names(cv_names, _FES_VALUE_COLUMNS)
@@ -466,7 +469,8 @@ def fes_table(
     if not np.all(np.isfinite(pts)):
         raise ValueError("points must be finite")
     arrays = [pa.array(pts[:, k]) for k in range(len(names))]
-    arrays += [pa.array(free), pa.array(err), pa.array([source] * n, pa.string())]
+    arrays += [pa.array(free), pa.array(err), pa.array([source] * n, pa.string()),
+               pa.array(np.full(n, float(delta_mu)))]
     return pa.Table.from_arrays(arrays, schema=fes_schema(names))
 
 

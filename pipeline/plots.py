@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from pipeline.outputs import atomic_write_bytes
 
-__all__ = ["plot_fes", "plot_cv_histograms", "plot_bias_growth"]
+__all__ = ["plot_fes", "plot_cv_histograms", "plot_bias_growth", "plot_delta_mu_scan"]
 
 _DPI = 120
 
@@ -187,6 +187,34 @@ def plot_bias_growth(
     bottom.set_ylabel("CV coverage")
     bottom.set_ylim(-0.02, 1.02)
     bottom.set_xlabel("outer iteration")
+    if title:
+        figure.suptitle(title)
+    return _save(figure, path)
+
+
+def plot_delta_mu_scan(path: str | Path, delta_mu: Any, fraction: Any, fraction_stderr: Any,
+                       fraction_axis: Any, free_energies: Mapping[float, Any], fraction_name: str,
+                       title: str = "") -> Path:
+    """Left: ⟨x⟩ against Δμ (eV) with ±stderr bars; right: F(x) in k_BT for each Δμ (NaN gaps).
+
+    ``delta_mu``, ``fraction``, ``fraction_stderr``: (K,); ``fraction_axis`` (G,);
+    ``free_energies``: Δμ → F (G,).  Returns the path.
+    """
+    path = _check_png_path(path)
+    delta_mu = _vector(delta_mu, "delta_mu")
+    fraction = _vector(fraction, "fraction", delta_mu.size)
+    fraction_stderr = _vector(fraction_stderr, "fraction_stderr", delta_mu.size)
+    axis = _vector(fraction_axis, "fraction_axis")
+    figure = Figure(figsize=(10.0, 4.0), layout="constrained")
+    left, right = figure.subplots(1, 2)
+    left.errorbar(delta_mu, fraction, yerr=fraction_stderr, marker="o", capsize=3)
+    left.set_xlabel("Δμ / eV")
+    left.set_ylabel(f"⟨{fraction_name}⟩")
+    for value, free in free_energies.items():
+        right.plot(axis, _vector(free, f"free_energies[{value}]", axis.size), label=f"Δμ = {value:g} eV")
+    right.set_xlabel(fraction_name)
+    right.set_ylabel("F / k_BT")
+    right.legend(fontsize="small")
     if title:
         figure.suptitle(title)
     return _save(figure, path)

@@ -323,8 +323,10 @@ def _run_neural(ctx: RunContext) -> dict:
                                                         system.energy_per_site_bin_edges()))
     fes_samples = est.fes_from_samples(hist_values, log_w_lik, hist_edges)
     fes_bias = bias.free_energy() if bias is not None else None
+    scan = _delta_mu_scan(ctx, observables, log_w_lik, x, cv, hist_values, hist_edges)
+    rows += scan["rows"]
 
-    _write_common(ctx, rows, histograms, fes_samples, fes_bias, bias)
+    _write_common(ctx, rows, histograms, fes_samples, fes_bias, bias, scan["fes"])
     write_parquet(samples_table(x.to(torch.int8).numpy(), batch.order.to(torch.int16).numpy(), energy, cv,
                                 system.cv_spec.names, log_q, log_w_bias, log_w_lik),
                   ctx.run_dir / "samples.parquet", ctx.metadata)
@@ -428,9 +430,12 @@ def _chain_histogram(values, log_w, edges, n_steps, n_chains):
 
 
 # ----------------------------------------------------------------------------- writing
-def _row(ctx: RunContext, estimator, observable, unit, value, stderr, ess, n) -> dict:
+def _row(ctx: RunContext, estimator, observable, unit, value, stderr, ess, n, delta_mu=None) -> dict:
+    """One observables.parquet row; ``delta_mu`` defaults to the run's own Δμ (0 for lattice models)."""
+    if delta_mu is None:
+        delta_mu = getattr(ctx.system, "delta_mu", 0.0)
     return {"system": ctx.system.name, "method": ctx.spec.method, "temperature": ctx.spec.temperature,
-            "beta": ctx.spec.beta, "delta_mu": float(getattr(ctx.system, "delta_mu", 0.0)), "estimator": estimator, "observable": observable,
+            "beta": ctx.spec.beta, "delta_mu": float(delta_mu), "estimator": estimator, "observable": observable,
             "unit": unit, "value": float(value), "stderr": float(stderr), "ess": float(ess),
             "n_samples": int(n)}
 
@@ -442,18 +447,57 @@ def _cost_rows(ctx, n, energy_evaluations, hills, training_s, generation_s) -> l
             _row(ctx, "cost", "generation_wall_time", "s", generation_s, math.nan, math.nan, n)]
 
 
-def _write_common(ctx: RunContext, rows, histograms, fes_samples, fes_bias, bias) -> None:
+def _delta_mu_scan(ctx: RunContext, observables, log_w, x, cv, hist_values, hist_edges) -> dict:
+    """Reweight likelihood-weighted alloy samples to each Δμ of ``sampling.delta_mu_grid``.
+
+    log w_Δμ' = log w + β(Δμ' − Δμ_run)·N₁ (ALGORITHM.md §6).  Returns ``rows`` (observables at
+    each Δμ' other than the run's, ``energy_per_site`` left out since E_Δμ depends on Δμ) and
+    ``fes``: Δμ' → (F, stderr) on the run's CV grid; writes ``delta_mu_scan.png``.
+    """
+    grid = ctx.config.sampling.delta_mu_grid
+    if not grid:
+        return {"rows": [], "fes": {}}
+    system, beta = ctx.system, ctx.spec.beta
+    n_solute = x.sum(dim=1).numpy().astype(np.float64)
+    run_delta_mu = system.delta_mu
+    rows, fes, fraction, fraction_err, composition_fes = [], {}, [], [], {}
+    fraction_edges = cv_bin_edges(system)[0]
+    for delta_mu in grid:
+        shifted = est.reweight_chemical_potential(log_w, n_solute, beta, run_delta_mu, delta_mu)
+        ess = est.kish_ess(shifted)
+        for name, values in observables.items():
+            mean, stderr = est.weighted_mean_and_stderr(values, shifted)
+            if name == system.fraction_name:
+                fraction.append(mean)
+                fraction_err.append(stderr)
+            if name != "energy_per_site" and delta_mu != run_delta_mu:
+                rows.append(_row(ctx, "likelihood", name, system.observable_units[name], mean, stderr, ess,
+                                 len(values), delta_mu=delta_mu))
+        fes[delta_mu] = est.fes_from_samples(hist_values, shifted, hist_edges)
+        composition_fes[delta_mu] = est.fes_from_samples(cv[:, 0], shifted, fraction_edges)[0]
+    centres = 0.5 * (fraction_edges[1:] + fraction_edges[:-1])
+    plots.plot_delta_mu_scan(ctx.run_dir / "delta_mu_scan.png", np.asarray(grid), np.asarray(fraction),
+                             np.asarray(fraction_err), centres, composition_fes, system.fraction_name,
+                             title=f"{ctx.spec.run_name}: reweighted from Δμ = {run_delta_mu:g} eV")
+    return {"rows": rows, "fes": {d: f for d, f in fes.items() if d != run_delta_mu}}
+
+
+def _write_common(ctx: RunContext, rows, histograms, fes_samples, fes_bias, bias, fes_by_delta_mu=None) -> None:
     system, spec = ctx.system, ctx.spec
     write_parquet(observables_table(rows), ctx.run_dir / "observables.parquet", ctx.metadata)
 
     edges = cv_bin_edges(system)
     centres = [0.5 * (e[1:] + e[:-1]) for e in edges]
     grid = np.stack(np.meshgrid(*centres, indexing="ij"), axis=-1).reshape(-1, len(centres))
-    tables = [fes_table(system.cv_spec.names, grid, fes_samples[0].ravel(), fes_samples[1].ravel(), "samples")]
+    run_delta_mu = float(getattr(system, "delta_mu", 0.0))
+    tables = [fes_table(system.cv_spec.names, grid, fes_samples[0].ravel(), fes_samples[1].ravel(), "samples",
+                        run_delta_mu)]
     if fes_bias is not None:
         bias_grid = np.stack(np.meshgrid(*bias.axes, indexing="ij"), axis=-1).reshape(-1, bias.dim)
         tables.append(fes_table(system.cv_spec.names, bias_grid, fes_bias.ravel(),
-                                np.full(fes_bias.size, np.nan), "bias"))
+                                np.full(fes_bias.size, np.nan), "bias", run_delta_mu))
+    for delta_mu, (free, stderr) in (fes_by_delta_mu or {}).items():
+        tables.append(fes_table(system.cv_spec.names, grid, free.ravel(), stderr.ravel(), "samples", delta_mu))
     write_parquet(pa.concat_tables(tables), ctx.run_dir / "fes.parquet", ctx.metadata)
 
     hist_rows = []
@@ -512,6 +556,7 @@ def comparison_table(campaign: Campaign, results: list[RunResult]) -> pd.DataFra
     system = build_system(campaign.config)
     for result in results:
         obs = pd.read_parquet(result.run_dir / "observables.parquet")
+        obs = obs[obs.delta_mu == float(getattr(system, "delta_mu", 0.0))]  # the run's own ensemble
         hist = pd.read_parquet(result.run_dir / "histograms.parquet")
         estimator = "mcmc" if result.spec.method not in NEURAL_METHODS else "likelihood"
         row = {"run": result.spec.run_name, "method": result.spec.method, "beta": result.spec.beta,

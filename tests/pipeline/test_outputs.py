@@ -210,7 +210,7 @@ def test_fes_table_two_sources_round_trip(tmp_path):
     sample_part = fes_table(["m"], grid[:, None], free + 0.5, np.full(5, 0.1), "samples")
     path = write_parquet(pa.concat_tables([bias_part, sample_part]), tmp_path / "fes.parquet", {"seed": "0"})
     frame = pd.read_parquet(path)
-    assert list(frame.columns) == ["m", "free_energy_kT", "stderr", "source"]
+    assert list(frame.columns) == ["m", "free_energy_kT", "stderr", "source", "delta_mu"]
     assert frame["source"].tolist() == ["bias"] * 5 + ["samples"] * 5
     np.testing.assert_array_equal(frame["m"].to_numpy(), np.concatenate([grid, grid]))
     np.testing.assert_array_equal(frame["free_energy_kT"].to_numpy()[:4], free[:4])
@@ -223,7 +223,7 @@ def test_fes_table_two_dimensional_and_errors():
     points = np.stack([a0.ravel(), a1.ravel()], axis=1)
     free = (a0 + 10 * a1).ravel()
     table = fes_table(("p1", "p2"), points, free, None, "bias")
-    assert table.column_names == ["p1", "p2", "free_energy_kT", "stderr", "source"]
+    assert table.column_names == ["p1", "p2", "free_energy_kT", "stderr", "source", "delta_mu"]
     assert table.column("free_energy_kT").to_pylist()[7] == points[7, 0] + 10 * points[7, 1]
     with pytest.raises(ValueError, match="points"):
         fes_table(["p1"], points, free)
