@@ -1,9 +1,11 @@
 """The ``metadns`` command line. Only this module parses arguments.
 
     metadns run CONFIG.yaml [--profile NAME] [--out DIR] [--set key=value ...] [--resume] [--quiet]
+    metadns energy --config CONFIG.yaml FILE... [--set key=value ...] [--out TABLE.parquet]
 
-Exit codes: 0 success; 2 invalid configuration or an existing run folder without
-``--resume`` (nothing is written in either case); 1 a failure during a run.
+Exit codes: 0 success; 2 invalid configuration, an existing run folder without ``--resume``,
+or a structure file that cannot be read or does not fit the lattice (nothing is written in
+any of these cases); 1 a failure during a run.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import traceback
 from pathlib import Path
 
 from pipeline.config import ConfigError, load_config
-from pipeline.runner import RunFolderExists, prepare_campaign, print_comparison, run_campaign
+from pipeline.outputs import provenance_metadata, write_parquet
+from pipeline.runner import RunFolderExists, build_system, prepare_campaign, print_comparison, run_campaign
+from pipeline.structures import FrameError, energy_table, read_frames
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,6 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true",
                      help="continue runs from their last checkpoint (finished runs are kept)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    energy = commands.add_parser("energy", help="energies of structure files with a config's alloy backend")
+    energy.add_argument("files", type=Path, nargs="+", help="structures in any format ASE reads (extxyz, POSCAR, cif)")
+    energy.add_argument("--config", type=Path, required=True, help="YAML config with an alloy system")
+    energy.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a dotted config key, e.g. --set 'system.energy={name: ase}'")
+    energy.add_argument("--out", type=Path, default=None, help="also write the table to this .parquet file")
     return parser
 
 
@@ -37,7 +47,28 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "run":
         return _run(args)
+    if args.command == "energy":
+        return _energy(args)
     return 2
+
+
+def _energy(args) -> int:
+    try:
+        config = load_config(args.config, args.overrides)
+        if config.system.name != "alloy":
+            raise ConfigError("system.name", f"`metadns energy` needs an alloy system, got {config.system.name!r}")
+        if args.out is not None and args.out.suffix != ".parquet":
+            raise ConfigError("--out", f"must name a .parquet file, got {args.out}")
+        table = energy_table(build_system(config), read_frames(args.files))
+    except (ConfigError, FrameError, FileNotFoundError) as error:
+        print(f"metadns: error: {error}", file=sys.stderr)
+        return 2
+    print(table.to_string(index=False, float_format="{:.6f}".format))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        write_parquet(table, args.out, provenance_metadata(config.to_dict(), config.seed))
+        print(f"written to {args.out}")
+    return 0
 
 
 def _run(args) -> int:
