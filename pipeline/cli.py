@@ -2,6 +2,7 @@
 
     metadns run CONFIG.yaml [--profile NAME] [--out DIR] [--set key=value ...] [--resume] [--quiet]
     metadns energy --config CONFIG.yaml FILE... [--set key=value ...] [--out TABLE.parquet]
+    metadns fit-ce --out MODEL.ce [--label emt|mace --model FILE] [--species Cu Au] [--cutoffs 6 4.5 4.5] ...
 
 Exit codes: 0 success; 2 invalid configuration, an existing run folder without ``--resume``,
 or a structure file that cannot be read or does not fit the lattice (nothing is written in
@@ -40,6 +41,20 @@ def _parser() -> argparse.ArgumentParser:
     energy.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a dotted config key, e.g. --set 'system.energy={name: ase}'")
     energy.add_argument("--out", type=Path, default=None, help="also write the table to this .parquet file")
+    fit = commands.add_parser("fit-ce", help="fit a binary FCC cluster expansion to EMT or MACE energies")
+    fit.add_argument("--out", type=Path, required=True, help="icet .ce file to write")
+    fit.add_argument("--label", choices=("emt", "mace"), default="emt", help="reference energies (default EMT)")
+    fit.add_argument("--model", type=Path, default=None, help="MACE model file (with --label mace)")
+    fit.add_argument("--species", nargs=2, default=["Cu", "Au"], metavar=("A", "B"))
+    fit.add_argument("--lattice-constant", type=float, default=3.8, help="Å (default 3.8)")
+    fit.add_argument("--vegard", nargs=2, type=float, default=None, metavar=("A_A", "A_B"),
+                     help="scale each structure to Vegard's law between these lattice constants (Å)")
+    fit.add_argument("--cutoffs", nargs="+", type=float, default=[6.0, 4.5, 4.5],
+                     help="cluster cutoffs in Å: pairs, triplets, … (default 6.0 4.5 4.5)")
+    fit.add_argument("--max-atoms", type=int, default=8, help="enumerate structures up to this size (default 8)")
+    fit.add_argument("--fit-method", default="least-squares", help="trainstation method (least-squares, lasso, ardr, …)")
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -49,7 +64,27 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     if args.command == "energy":
         return _energy(args)
+    if args.command == "fit-ce":
+        return _fit_ce(args)
     return 2
+
+
+def _fit_ce(args) -> int:
+    from systems.alloys.fitting import fit_cluster_expansion  # noqa: PLC0415 - icet/trainstation on demand
+
+    try:
+        report = fit_cluster_expansion(
+            args.out, species=tuple(args.species), lattice_constant=args.lattice_constant, cutoffs=args.cutoffs,
+            max_atoms=args.max_atoms, labeller=args.label, model=args.model,
+            vegard_lattice_constants=tuple(args.vegard) if args.vegard else None, fit_method=args.fit_method,
+            seed=args.seed, progress=not args.quiet)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"metadns: error: {error}", file=sys.stderr)
+        return 2
+    print(f"{report.n_structures} structures, {report.n_parameters} parameters "
+          f"({report.n_nonzero_parameters} non-zero); RMSE cross-validation {report.rmse_validation_meV:.2f} meV/atom, "
+          f"training {report.rmse_train_meV:.2f} meV/atom\nwritten to {report.path}")
+    return 0
 
 
 def _energy(args) -> int:
