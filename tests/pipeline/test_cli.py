@@ -430,7 +430,8 @@ def test_fes_table_sources_and_bias_free_energy(finished_campaign):
     for method in TINY["methods"]:
         run_dir = finished_campaign["root"] / f"{method}_{TAG}"
         fes = pd.read_parquet(run_dir / "fes.parquet")
-        assert list(fes.columns) == ["m", "free_energy_kT", "stderr", "source"]
+        assert list(fes.columns) == ["m", "free_energy_kT", "stderr", "source", "delta_mu"]
+        assert (fes.delta_mu == 0.0).all()
         expected_sources = {"bias", "samples"} if method == "metadns" else {"samples"}
         assert set(fes.source) == expected_sources, method
         samples = fes[fes.source == "samples"]
