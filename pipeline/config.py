@@ -59,6 +59,7 @@ __all__ = [
     "TrainingConfig",
     "SamplingConfig",
     "ReferenceConfig",
+    "DistributedConfig",
     "Config",
     "RunSpec",
     "BiasGrid",
@@ -268,6 +269,26 @@ class ReferenceConfig:
 
 
 @dataclass(frozen=True)
+class DistributedConfig:
+    """How the Ray executor lays a run onto actors (results do not depend on it).
+
+    ``evaluators``: energy-evaluator actors serving the runs of this config (0: trainers
+    compute energies in-process); ``cpus_per_evaluator`` / ``cpus_per_run`` are Ray CPU
+    requests (fractions allowed, so a 2-core machine never deadlocks); ``gpus_per_run``
+    "auto" requests one GPU per trainer when the cluster has any; ``max_batch`` caps the
+    configurations per evaluator call (requests are split and coalesced to it);
+    ``max_in_flight`` calls queued per evaluator before callers wait (back-pressure).
+    """
+
+    evaluators: int = 1
+    cpus_per_evaluator: float = 0.25
+    cpus_per_run: float = 1.0
+    gpus_per_run: float | str = "auto"
+    max_batch: int = 4096
+    max_in_flight: int = 2
+
+
+@dataclass(frozen=True)
 class Config:
     """A validated campaign configuration.  Build with :func:`load_config` or
     :func:`config_from_dict`; :meth:`to_dict` gives the fully resolved mapping."""
@@ -281,14 +302,18 @@ class Config:
     training: TrainingConfig = TrainingConfig()
     sampling: SamplingConfig = SamplingConfig()
     reference: ReferenceConfig = ReferenceConfig()
+    distributed: DistributedConfig = DistributedConfig()
+    tune: dict | None = None  # validated by pipeline.distributed.tune (Ray Tune search space)
 
     def to_dict(self) -> dict[str, Any]:
         """Fully resolved plain mapping (defaults filled, lists not tuples), YAML/JSON dumpable;
         ``config_from_dict(c.to_dict(), c.name) == c``."""
         out: dict[str, Any] = {"name": self.name, "seed": self.seed, "methods": list(self.methods)}
         out["system"] = self.system.to_dict()
-        for section in ("sampler", "bias", "training", "sampling", "reference"):
+        for section in ("sampler", "bias", "training", "sampling", "reference", "distributed"):
             out[section] = _plain(dataclasses.asdict(getattr(self, section)))
+        if self.tune is not None:
+            out["tune"] = _plain(copy.deepcopy(self.tune))
         return out
 
 
@@ -455,13 +480,14 @@ _SECTION_CLASSES = {
     "training": TrainingConfig,
     "sampling": SamplingConfig,
     "reference": ReferenceConfig,
+    "distributed": DistributedConfig,
 }
 SECTION_KEYS: dict[str, tuple[str, ...]] = {
     "system": _SYSTEM_KEYS,
     **{name: tuple(f.name for f in dataclasses.fields(cls)) for name, cls in _SECTION_CLASSES.items()},
 }
 """Valid keys of each section."""
-TOP_LEVEL_KEYS: tuple[str, ...] = ("name", "seed", "methods", *SECTION_KEYS)
+TOP_LEVEL_KEYS: tuple[str, ...] = ("name", "seed", "methods", *SECTION_KEYS, "tune")
 """Valid top-level keys."""
 
 
@@ -677,6 +703,34 @@ def _parse_reference(raw: Mapping) -> ReferenceConfig:
     return reference
 
 
+def _parse_distributed(raw: Mapping) -> DistributedConfig:
+    s, d = _section(raw, "distributed"), DistributedConfig()
+    gpus = s.get("gpus_per_run", d.gpus_per_run)
+    if gpus != "auto":
+        gpus = _float(gpus, "distributed.gpus_per_run", ge=0, example="`gpus_per_run: auto` (or 0, 0.5, 1)")
+    return DistributedConfig(
+        evaluators=_int(s.get("evaluators", d.evaluators), "distributed.evaluators", ge=0, example="`evaluators: 2`"),
+        cpus_per_evaluator=_float(s.get("cpus_per_evaluator", d.cpus_per_evaluator),
+                                  "distributed.cpus_per_evaluator", gt=0, example="`cpus_per_evaluator: 0.25`"),
+        cpus_per_run=_float(s.get("cpus_per_run", d.cpus_per_run), "distributed.cpus_per_run", gt=0,
+                            example="`cpus_per_run: 1`"),
+        gpus_per_run=gpus,
+        max_batch=_int(s.get("max_batch", d.max_batch), "distributed.max_batch", ge=1, example="`max_batch: 4096`"),
+        max_in_flight=_int(s.get("max_in_flight", d.max_in_flight), "distributed.max_in_flight", ge=1,
+                           example="`max_in_flight: 2`"),
+    )
+
+
+def _parse_tune(raw: Mapping) -> dict | None:
+    """The ``tune`` section as a plain mapping (its keys are checked by the tune command)."""
+    value = raw.get("tune")
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ConfigError("tune", f"must be a mapping (search space and scheduler settings); got {_describe(value)}")
+    return copy.deepcopy(dict(value))
+
+
 def _parse_methods(raw: Mapping) -> tuple[str, ...]:
     if raw.get("methods") is None:
         raise ConfigError("methods", f"is required: a list among {', '.join(METHODS)}, e.g. `methods: [metadns, sw]`")
@@ -726,6 +780,8 @@ def config_from_dict(d: Mapping[str, Any], name: str | None = None) -> Config:
         training=_parse_training(d),
         sampling=sampling,
         reference=_parse_reference(d),
+        distributed=_parse_distributed(d),
+        tune=_parse_tune(d),
     )
 
 

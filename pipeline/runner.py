@@ -125,6 +125,7 @@ def run_config_dict(config: Config, spec: RunSpec) -> dict:
     and temperature. ``metadns run`` on it (saved as the run's config.yaml) repeats the run
     (same name and run name, hence the same derived seed)."""
     resolved = config.to_dict()
+    resolved.pop("tune", None)  # a search space describes a sweep, not one run
     resolved["methods"] = [spec.method]
     system = resolved["system"]
     key = "beta" if "beta" in system else "temperature"
@@ -162,12 +163,19 @@ def prepare_campaign(config: Config, out_root: Path, resume: bool) -> Campaign:
                               f"{root}; pass --resume to continue them or choose another --out")
     for spec in existing:
         saved = root / spec.run_name / "config.yaml"
-        if saved.exists() and yaml.safe_load(saved.read_text()) != run_config_dict(config, spec):
+        if saved.exists() and not _same_run_settings(yaml.safe_load(saved.read_text()), run_config_dict(config, spec)):
             raise RunFolderExists(f"cannot resume {root / spec.run_name}: it was made with other settings "
                                   f"(compare its config.yaml); use another --out or the original settings")
     priority = {m: i for i, m in enumerate(UNBIASED_REFERENCES)}
     runs.sort(key=lambda r: priority.get(r.method, len(priority)))
     return Campaign(config, root, runs, resume)
+
+
+def _same_run_settings(saved: dict, wanted: dict) -> bool:
+    """Whether a saved run config and this one describe the same run; how it is laid onto Ray
+    actors (``distributed``) does not change results, so a run may resume under other settings."""
+    strip = lambda d: {k: v for k, v in d.items() if k != "distributed"}  # noqa: E731
+    return strip(saved) == strip(wanted)
 
 
 def run_campaign(campaign: Campaign, progress: bool = True) -> list[RunResult]:
