@@ -295,6 +295,27 @@ class WellTemperedGridBias:
         self._hill_heights.append(heights.copy())
         return heights
 
+    def record_deposit(self, s, heights, values) -> None:
+        """Log hills deposited elsewhere (a bias server) and adopt that server's V.
+
+        ``s`` (B, dim) hill centres, ``heights`` float64 (B,) the heights the server used,
+        ``values`` V on this grid after the server's deposit (it may include other walkers'
+        hills, which this log then lacks).  With one walker the result equals ``deposit(s)``.
+        """
+        centres = _as_cv_array(s, self.dim)
+        heights = np.asarray(heights, dtype=np.float64).reshape(-1)
+        values = np.asarray(values, dtype=np.float64)
+        if heights.shape[0] != centres.shape[0] or values.shape != self.values.shape:
+            raise ValueError(f"record_deposit needs one height per centre and V of shape {self.values.shape}; got "
+                             f"{heights.shape[0]} heights, {centres.shape[0]} centres, V {values.shape}")
+        if centres.shape[0] == 0:
+            return
+        self.values = values.copy()
+        self.n_depositions += 1
+        self._hill_times.append(np.full(centres.shape[0], self.n_depositions, dtype=np.int64))
+        self._hill_centres.append(centres.copy())
+        self._hill_heights.append(heights.copy())
+
     @property
     def hills(self) -> dict[str, np.ndarray]:
         """Hill log: ``time`` int64 (n,) deposition index (1 = first deposit call), ``centres``

@@ -1,8 +1,10 @@
 """The ``metadns`` command line. Only this module parses arguments.
 
     metadns run CONFIG.yaml [--profile NAME] [--out DIR] [--set key=value ...] [--resume] [--quiet]
+                [--executor ray|inline] [--address HOST:PORT]
     metadns energy --config CONFIG.yaml FILE... [--set key=value ...] [--out TABLE.parquet]
     metadns fit-ce --out MODEL.ce [--label emt|mace --model FILE] [--species Cu Au] [--cutoffs 6 4.5 4.5] ...
+    metadns report DIR [--quiet]
 
 Exit codes: 0 success; 2 invalid configuration, an existing run folder without ``--resume``,
 or a structure file that cannot be read or does not fit the lattice (nothing is written in
@@ -35,6 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true",
                      help="continue runs from their last checkpoint (finished runs are kept)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--executor", choices=("ray", "inline"), default="ray",
+                     help="ray (default): runs in Ray actors, on a local instance unless --address/RAY_ADDRESS "
+                          "names a cluster; inline: one process, one run after the other (debugging)")
+    run.add_argument("--address", default=None,
+                     help="Ray cluster to join, e.g. 10.0.0.1:6379 (default: $RAY_ADDRESS, else a local instance)")
     energy = commands.add_parser("energy", help="energies of structure files with a config's alloy backend")
     energy.add_argument("files", type=Path, nargs="+", help="structures in any format ASE reads (extxyz, POSCAR, cif)")
     energy.add_argument("--config", type=Path, required=True, help="YAML config with an alloy system")
@@ -55,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--fit-method", default="least-squares", help="trainstation method (least-squares, lasso, ardr, …)")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
+    report = commands.add_parser("report", help="dataset, summary table, plots and alloy phase diagram of finished runs")
+    report.add_argument("dir", type=Path, help="folder searched (recursively) for finished run folders")
+    report.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -66,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         return _energy(args)
     if args.command == "fit-ce":
         return _fit_ce(args)
+    if args.command == "report":  # dataset, summary, plots, phase diagram of finished runs
+        from pipeline.campaign_report import report_command  # noqa: PLC0415
+        return report_command(args.dir, quiet=args.quiet)
     return 2
 
 
@@ -108,18 +121,34 @@ def _energy(args) -> int:
 
 def _run(args) -> int:
     try:
+        if args.address and args.executor == "inline":
+            raise ConfigError("--address", "joins a Ray cluster, which only --executor ray uses; drop one of them")
         config = load_config(args.config, args.overrides, profile=args.profile)
         campaign = prepare_campaign(config, args.out, resume=args.resume)
     except (ConfigError, RunFolderExists, FileNotFoundError) as error:
         print(f"metadns: error: {error}", file=sys.stderr)
         return 2
     try:
-        results = run_campaign(campaign, progress=not args.quiet)
+        if args.executor == "inline":
+            results = run_campaign(campaign, progress=not args.quiet)
+        else:
+            results = _run_on_ray(campaign, args.address, progress=not args.quiet)
         print_comparison(campaign, results)
+    except ConfigError as error:  # the Ray cluster cannot fit the requested actors; nothing was written
+        print(f"metadns: error: {error}", file=sys.stderr)
+        return 2
     except Exception:  # a failure during a run: report it in full, exit 1
         traceback.print_exc()
         return 1
     return 0
+
+
+def _run_on_ray(campaign, address: str | None, progress: bool):
+    from pipeline.distributed.executor import run_campaign_on_ray  # noqa: PLC0415 - ray only when used
+    from pipeline.distributed.session import ray_session  # noqa: PLC0415
+
+    with ray_session(address):
+        return run_campaign_on_ray(campaign, progress=progress)
 
 
 if __name__ == "__main__":

@@ -837,6 +837,8 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
             raise _unknown_key_error(key, head, TOP_LEVEL_KEYS)
         if len(parts) == 1:
             out[head] = value
+        elif head == "tune":
+            out["tune"] = _override_tune(out.get("tune"), parts[1:], value, key)
         elif head not in SECTION_KEYS:
             raise ConfigError(key, f"{head!r} is not a section; override it as '{head}=value'")
         elif len(parts) > 2 or parts[1] not in SECTION_KEYS[head]:
@@ -856,6 +858,27 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
             out[head] = section
         overridden.add(key)
     return out
+
+
+def _override_tune(section: Any, keys: list[str], value: Any, key: str) -> dict:
+    """``tune.<key>=value`` sets one key of the raw ``tune`` mapping and
+    ``tune.space.<dotted config key>=value`` one search-space entry; their contents are
+    validated by the tune command (pipeline.distributed.tune)."""
+    if section is None:
+        section = {}
+    elif not isinstance(section, Mapping):
+        raise ConfigError("tune", f"must be a mapping to take the override {key!r}; got {_describe(section)}")
+    section = copy.deepcopy(dict(section))
+    if keys[0] == "space" and len(keys) > 1:
+        space = section.get("space") or {}
+        if not isinstance(space, Mapping):
+            raise ConfigError("tune.space", f"must be a mapping to take the override {key!r}; got {_describe(space)}")
+        section["space"] = {**space, ".".join(keys[1:]): value}
+    elif len(keys) == 1:
+        section[keys[0]] = value
+    else:
+        raise ConfigError(key, "override the tune section as 'tune.<key>=value' or 'tune.space.<config key>=value'")
+    return section
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = (), profile: str | None = None) -> Config:

@@ -218,3 +218,103 @@ def plot_delta_mu_scan(path: str | Path, delta_mu: Any, fraction: Any, fraction_
     if title:
         figure.suptitle(title)
     return _save(figure, path)
+
+
+# ---------------------------------------------------------------------------- campaign report
+# (pipeline/campaign_report.py: observables against temperature, alloy phase diagrams)
+__all__ += ["plot_observables_vs_temperature", "plot_phase_diagram"]
+
+_PHASE_COLOURS = {"disordered": "tab:blue", "L1_2": "tab:red", "L1_0": "tab:green", "ordered": "tab:purple",
+                  "unknown": "tab:gray"}
+
+
+def plot_observables_vs_temperature(path: str | Path, panels: Mapping[str, Mapping[str, tuple[Any, Any, Any]]],
+                                    x_label: str, title: str = "") -> Path:
+    """One panel per observable, one line per method: value against temperature with ±stderr bars.
+
+    ``panels`` maps observable -> {method: (temperatures (K,), values (K,), stderr (K,))}
+    (NaN stderr draws no bar); ``x_label`` names the temperature axis (e.g. "T / K", "β").
+    Returns the path.
+    """
+    path = _check_png_path(path)
+    if not panels:
+        raise ValueError("panels must hold at least one observable -> {method: (t, value, stderr)} entry")
+    n = len(panels)
+    columns = min(n, 3)
+    rows = -(-n // columns)
+    figure = Figure(figsize=(4.6 * columns, 3.6 * rows), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for ax, (observable, curves) in zip(axes, panels.items()):
+        for method, (t, value, err) in curves.items():
+            t = _vector(t, f"panels[{observable!r}][{method!r}] temperatures")
+            value = _vector(value, f"panels[{observable!r}][{method!r}] values", t.size)
+            err = _vector(err, f"panels[{observable!r}][{method!r}] stderr", t.size)
+            order = np.argsort(t)
+            ax.errorbar(t[order], value[order], yerr=np.where(np.isfinite(err), err, 0.0)[order], marker="o",
+                        markersize=4, capsize=3, label=method)
+        ax.set_xlabel(x_label)
+        ax.set_ylabel(observable)
+        ax.legend(fontsize="small")
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    if title:
+        figure.suptitle(title)
+    return _save(figure, path)
+
+
+def plot_phase_diagram(path: str | Path, temperature: Any, kind: Sequence[str], x_left: Any, x_right: Any,
+                       phase_left: Sequence[str], phase_right: Sequence[str], panel: Sequence[str] | None = None,
+                       x_label: str = "x", title: str = "") -> Path:
+    """Temperature–composition phase diagram from a region table (one entry per region).
+
+    Two-phase regions (``kind == "two_phase"``) are drawn as black tie-lines from x_left to
+    x_right with end markers coloured by the coexisting phases' labels; one-phase regions as
+    thick translucent bars coloured by their label (a single composition as a marker).
+    All inputs (R,); ``panel`` (R,) groups rows into side-by-side panels (e.g. campaigns).
+    Returns the path.
+    """
+    path = _check_png_path(path)
+    temperature = _vector(temperature, "temperature")
+    x_left = _vector(x_left, "x_left", temperature.size)
+    x_right = _vector(x_right, "x_right", temperature.size)
+    kind = np.asarray(kind, dtype=str)
+    phase_left, phase_right = np.asarray(phase_left, dtype=str), np.asarray(phase_right, dtype=str)
+    panel = np.full(temperature.size, "") if panel is None else np.asarray(panel, dtype=str)
+    for name, values in (("kind", kind), ("phase_left", phase_left), ("phase_right", phase_right), ("panel", panel)):
+        if values.shape != temperature.shape:
+            raise ValueError(f"{name} must have length {temperature.size}, got shape {values.shape}")
+    if temperature.size == 0:
+        raise ValueError("the phase-diagram table is empty: nothing to plot")
+    names = list(dict.fromkeys(panel.tolist()))
+    figure = Figure(figsize=(5.5 * len(names), 4.5), layout="constrained")
+    axes = figure.subplots(1, len(names), squeeze=False)[0]
+    levels = np.unique(temperature)
+    bar = 0.2 * (np.min(np.diff(levels)) if levels.size > 1 else max(abs(levels[0]), 1.0) * 0.1)
+    for ax, name in zip(axes, names):
+        mine = panel == name
+        seen = set()
+        for t, k, a, b, pa, pb in zip(temperature[mine], kind[mine], x_left[mine], x_right[mine],
+                                      phase_left[mine], phase_right[mine]):
+            if k == "two_phase":
+                ax.plot([a, b], [t, t], color="black", linewidth=1.2, zorder=2)
+                for x, phase in ((a, pa), (b, pb)):
+                    ax.plot([x], [t], "o", color=_PHASE_COLOURS.get(phase, "black"), markersize=6, zorder=3,
+                            label=None if phase in seen else phase)
+                    seen.add(phase)
+            else:
+                colour = _PHASE_COLOURS.get(pa, "black")
+                if b > a:
+                    ax.fill_between([a, b], t - bar / 2, t + bar / 2, color=colour, alpha=0.35, linewidth=0,
+                                    label=None if pa in seen else pa)
+                else:
+                    ax.plot([a], [t], "s", color=colour, alpha=0.6, label=None if pa in seen else pa)
+                seen.add(pa)
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_xlabel(x_label)
+        ax.set_ylabel("T / K")
+        if name:
+            ax.set_title(name)
+        ax.legend(fontsize="small", title="phase (tie-lines: two-phase)", title_fontsize="small")
+    if title:
+        figure.suptitle(title)
+    return _save(figure, path)

@@ -14,6 +14,7 @@ import io
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +58,23 @@ class Campaign:
 
 
 @dataclass
+class RunServices:
+    """Where a run gets its energies and its bias.  The defaults compute both in-process; the
+    Ray executor (pipeline/distributed) passes an energy-evaluator pool and a bias-server client.
+
+    ``energy``: x int64 (B, D) → float64 (B,) in the system's energy unit (None: system.energy).
+    ``make_bias``: turns the run's freshly built WellTemperedGridBias into the object the run
+    deposits into and reads (same interface), e.g. a client of a bias-server actor.
+    ``report_progress(trainer)``: called when training starts (after a resume, at the
+    checkpoint's iteration) and after every outer iteration, e.g. to feed a driver's bars.
+    """
+
+    energy: Callable[[torch.Tensor], torch.Tensor] | None = None
+    make_bias: Callable[[WellTemperedGridBias], WellTemperedGridBias] | None = None
+    report_progress: Callable[[DualLoopTrainer], None] | None = None
+
+
+@dataclass
 class RunContext:
     config: Config
     spec: RunSpec
@@ -66,6 +84,7 @@ class RunContext:
     metadata: dict
     progress: bool
     reference: "ReferenceData | None"
+    services: RunServices = field(default_factory=RunServices)
 
 
 @dataclass
@@ -191,7 +210,9 @@ def run_campaign(campaign: Campaign, progress: bool = True) -> list[RunResult]:
     return results
 
 
-def execute_run(campaign: Campaign, spec: RunSpec, progress: bool = True) -> RunResult:
+def execute_run(campaign: Campaign, spec: RunSpec, progress: bool = True,
+                services: RunServices | None = None) -> RunResult:
+    """Run one (method, temperature) of the campaign, or return its summary if it finished."""
     config = campaign.config
     run_dir = campaign.root / spec.run_name
     summary_path = run_dir / "summary.json"
@@ -205,7 +226,7 @@ def execute_run(campaign: Campaign, spec: RunSpec, progress: bool = True) -> Run
     write_yaml(run_dir / "config.yaml", run_config_dict(config, spec))
     metadata = provenance_metadata(config.to_dict(), seed, extra={"run": spec.run_name})
     ctx = RunContext(config, spec, system, run_dir, seed, metadata, progress,
-                     _reference_for(campaign, spec, system))
+                     _reference_for(campaign, spec, system), services or RunServices())
     if spec.method in NEURAL_METHODS:
         summary = _run_neural(ctx)
     else:
@@ -267,9 +288,10 @@ def _run_neural(ctx: RunContext) -> dict:
     t = config.training
     torch.manual_seed(ctx.seed)  # parameter initialisation only; all sampling uses explicit generators
     sampler = build_sampler(config, system)
-    bias = build_bias(config, system, spec.beta, t.batch_size) if spec.method == "metadns" else None
+    energy_fn = ctx.services.energy or system.energy
+    bias = _run_bias(ctx, t.batch_size) if spec.method == "metadns" else None
     trainer = DualLoopTrainer(system, sampler, spec.beta, t, bias=bias, seed=ctx.seed,
-                              warmstart=spec.method == "mdns-warmstart")
+                              warmstart=spec.method == "mdns-warmstart", energy_fn=energy_fn)
     checkpoint = ctx.run_dir / "checkpoints" / "checkpoint.pt"
     if checkpoint.exists():
         trainer.load_state_dict(torch.load(checkpoint, weights_only=False))
@@ -281,7 +303,14 @@ def _run_neural(ctx: RunContext) -> dict:
             checkpoint.parent.mkdir(exist_ok=True)
             atomic_write_bytes(checkpoint, buffer.getvalue())
 
-    trainer.train(progress=ctx.progress, on_iteration=save_checkpoint)
+    report = ctx.services.report_progress or (lambda tr: None)
+
+    def after_iteration(tr: DualLoopTrainer) -> None:
+        save_checkpoint(tr)
+        report(tr)
+
+    report(trainer)
+    trainer.train(progress=ctx.progress, on_iteration=after_iteration)
 
     # Fresh i.i.d. samples from the frozen EMA sampler with the frozen bias (§6).
     start = time.perf_counter()
@@ -289,7 +318,7 @@ def _run_neural(ctx: RunContext) -> dict:
                                        batch_size=config.sampling.batch_size)
     generation_s = time.perf_counter() - start
     x = batch.x
-    energy = system.energy(x).numpy()
+    energy = energy_fn(x).numpy()
     cv = system.cv(x).numpy()
     bias_energy = bias.value(cv) if bias is not None else np.zeros(len(energy))
     log_q = batch.log_q.numpy()
@@ -370,11 +399,16 @@ def _run_reference(ctx: RunContext) -> dict:
     elif spec.method == "metropolis":
         record = run_metropolis(system, spec.beta, r.chains, r.sweeps, r.burn_in, generator, ctx.progress)
     else:
-        bias = build_bias(config, system, spec.beta, r.chains)
+        bias = _run_bias(ctx, r.chains)
         reference_fes = ctx.reference.fes_kT if ctx.reference is not None else None
         record = run_mcmc_metadynamics(system, spec.beta, bias, r.chains, r.sweeps, r.burn_in,
                                        r.deposit_every, generator, reference_fes, ctx.progress)
     return _summarise_chains(ctx, record, bias)
+
+
+def _run_bias(ctx: RunContext, hills_per_cycle: int):
+    bias = build_bias(ctx.config, ctx.system, ctx.spec.beta, hills_per_cycle)
+    return ctx.services.make_bias(bias) if ctx.services.make_bias is not None else bias
 
 
 def _summarise_chains(ctx: RunContext, record: ChainRecord, bias) -> dict:

@@ -121,14 +121,19 @@ class DualLoopTrainer:
     without bias, then ``settings.outer_iterations`` follow at ``beta``. All randomness
     comes from one torch Generator seeded with ``seed`` and saved in checkpoints, so a
     resumed run repeats an uninterrupted one exactly on CPU.
+
+    ``energy_fn`` (x int64 (B, D) → float64 (B,), the system's energy unit) replaces
+    ``system.energy`` — the Ray layer passes an energy-evaluator pool here; ``bias`` may be any
+    object with the WellTemperedGridBias interface (the Ray layer's bias-server client).
     """
 
     def __init__(self, system, sampler: MaskedDiffusionSampler, beta: float,
                  settings: TrainingConfig, bias: WellTemperedGridBias | None = None,
-                 seed: int = 0, warmstart: bool = False):
+                 seed: int = 0, warmstart: bool = False, energy_fn=None):
         if beta <= 0:
             raise ValueError(f"beta must be > 0, got {beta}")
         self.system = system
+        self.energy_fn = energy_fn if energy_fn is not None else system.energy
         self.sampler = sampler
         self.ema_sampler = copy.deepcopy(sampler).requires_grad_(False)
         self.beta = float(beta)
@@ -203,7 +208,7 @@ class DualLoopTrainer:
         bias_on = self.bias_active_at(self.iteration)
 
         fresh = self.ema_sampler.sample(s.batch_size, self.generator)
-        energy = self.system.energy(fresh.x)
+        energy = self.energy_fn(fresh.x)
         cv = self.system.cv(fresh.x)
         self.energy_evaluations += s.batch_size
         coverage = self._update_coverage(cv)
@@ -218,7 +223,7 @@ class DualLoopTrainer:
             if len(self.replay) > 0:
                 old_x, old_log_q = self.replay.draw(s.batch_size, self.generator)
                 old_cv = self.system.cv(old_x)
-                old_log_w = self._log_weights(self.system.energy(old_x),
+                old_log_w = self._log_weights(self.energy_fn(old_x),
                                               self._bias_energy(old_cv, bias_on), old_log_q, beta)
                 train_x = torch.cat([fresh.x, old_x])
                 log_w = torch.cat([log_w, old_log_w])

@@ -67,7 +67,8 @@ WALL_TIME_OBSERVABLES = ("training_wall_time", "generation_wall_time")
 WALL_TIME_SUMMARY_KEYS = ("training_wall_time_s", "generation_wall_time_s", "wall_time_s")
 
 CONSOLE_SCRIPT = Path(sys.executable).with_name("metadns")
-SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+INLINE = ("--executor", "inline")      # single process; the Ray executor is tested where named
+SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled"}
 
 
 # ============================================================================ helpers
@@ -163,6 +164,19 @@ def checkpoint_iteration(path: Path) -> int:
     return int(torch.load(path, weights_only=False)["iteration"])
 
 
+def wait_until_unchanged(path: Path, quiet_s: float, timeout_s: float) -> None:
+    """Return once ``path``'s modification time has not changed for ``quiet_s`` seconds."""
+    deadline = time.monotonic() + timeout_s
+    last, since = path.stat().st_mtime_ns, time.monotonic()
+    while time.monotonic() - since < quiet_s:
+        if time.monotonic() > deadline:
+            pytest.fail(f"{path} kept changing for {timeout_s} s after its driver was killed")
+        time.sleep(0.1)
+        now = path.stat().st_mtime_ns
+        if now != last:
+            last, since = now, time.monotonic()
+
+
 # ============================================================================ shared campaigns
 @pytest.fixture(scope="module")
 def finished_campaign(tmp_path_factory) -> dict:
@@ -170,7 +184,7 @@ def finished_campaign(tmp_path_factory) -> dict:
     folder = tmp_path_factory.mktemp("finished")
     config_path = write_config(folder, TINY)
     out = folder / "out"
-    code, stdout, stderr = run_cli("run", config_path, "--out", out, "--quiet")
+    code, stdout, stderr = run_cli("run", *INLINE, config_path, "--out", out, "--quiet")
     assert code == 0, stderr
     return {"config": config_path, "out": out, "root": out / TINY_NAME, "stdout": stdout, "stderr": stderr}
 
@@ -207,7 +221,7 @@ FILE_ERRORS = [
 def test_invalid_config_file_exits_2_names_field_writes_nothing(tmp_path, patch, field):
     config_path = write_config(tmp_path / "cfg", merged(TINY, patch))
     out = tmp_path / "out"
-    code, stdout, stderr = run_cli("run", config_path, "--out", out, "--quiet")
+    code, stdout, stderr = run_cli("run", *INLINE, config_path, "--out", out, "--quiet")
     assert code == 2, stderr
     assert field in stderr
     assert "Traceback" not in stderr
@@ -241,7 +255,7 @@ SET_ERRORS = [
 def test_invalid_set_override_exits_2_names_field_writes_nothing(tmp_path, overrides, field):
     config_path = write_config(tmp_path / "cfg", TINY)
     out = tmp_path / "out"
-    args = ["run", config_path, "--out", out, "--quiet"]
+    args = ["run", *INLINE, config_path, "--out", out, "--quiet"]
     for override in overrides:
         args += ["--set", override]
     code, stdout, stderr = run_cli(*args)
@@ -254,7 +268,7 @@ def test_invalid_set_override_exits_2_names_field_writes_nothing(tmp_path, overr
 def test_unknown_profile_exits_2(tmp_path):
     config_path = write_config(tmp_path / "cfg", {**TINY, "profiles": {"cpu": {"training.outer_iterations": 2}}})
     out = tmp_path / "out"
-    code, _, stderr = run_cli("run", config_path, "--profile", "gpu", "--out", out, "--quiet")
+    code, _, stderr = run_cli("run", *INLINE, config_path, "--profile", "gpu", "--out", out, "--quiet")
     assert code == 2, stderr
     assert "profile" in stderr and "cpu" in stderr      # names the field and what is available
     assert_wrote_nothing(out)
@@ -262,7 +276,7 @@ def test_unknown_profile_exits_2(tmp_path):
 
 def test_missing_config_file_exits_2(tmp_path):
     out = tmp_path / "out"
-    code, _, stderr = run_cli("run", tmp_path / "nope.yaml", "--out", out)
+    code, _, stderr = run_cli("run", *INLINE, tmp_path / "nope.yaml", "--out", out)
     assert code == 2
     assert "nope.yaml" in stderr
     assert_wrote_nothing(out)
@@ -286,7 +300,7 @@ LATE_ERRORS = [
 def test_config_errors_found_by_network_or_estimators_are_reported_before_writing(tmp_path, overrides, fields):
     config_path = write_config(tmp_path / "cfg", merged(TINY, {"training": {"outer_iterations": 1}}))
     out = tmp_path / "out"
-    args = ["run", config_path, "--out", out, "--quiet"]
+    args = ["run", *INLINE, config_path, "--out", out, "--quiet"]
     for override in overrides:
         args += ["--set", override]
     code, stdout, stderr = run_cli(*args)
@@ -299,7 +313,7 @@ def test_config_errors_found_by_network_or_estimators_are_reported_before_writin
 def test_existing_run_folder_without_resume_exits_2_and_keeps_files(finished_campaign, tmp_path):
     out, root = copy_campaign(finished_campaign, tmp_path)
     before = snapshot(out)
-    code, stdout, stderr = run_cli("run", finished_campaign["config"], "--out", out, "--quiet")
+    code, stdout, stderr = run_cli("run", *INLINE, finished_campaign["config"], "--out", out, "--quiet")
     assert code == 2, stderr
     assert f"metadns_{TAG}" in stderr
     assert str(root) in stderr
@@ -314,7 +328,7 @@ def test_one_existing_run_folder_blocks_the_whole_campaign(tmp_path):
     existing = out / TINY_NAME / f"sw_{TAG}"
     existing.mkdir(parents=True)
     (existing / "notes.txt").write_text("keep me")
-    code, _, stderr = run_cli("run", config_path, "--out", out, "--quiet")
+    code, _, stderr = run_cli("run", *INLINE, config_path, "--out", out, "--quiet")
     assert code == 2
     assert f"sw_{TAG}" in stderr
     assert f"metadns_{TAG}" not in stderr     # only the folders that exist are named
@@ -330,7 +344,7 @@ def test_resume_of_finished_campaign_recomputes_nothing(finished_campaign, tmp_p
     assert sorted(p.name for p in run_folders) == sorted(f"{m}_{TAG}" for m in TINY["methods"])
     before = {p.name: snapshot(p) for p in run_folders}
     time.sleep(0.01)                          # any rewrite would now get a later mtime
-    code, stdout, stderr = run_cli("run", finished_campaign["config"], "--out", out, "--resume", "--quiet")
+    code, stdout, stderr = run_cli("run", *INLINE, finished_campaign["config"], "--out", out, "--resume", "--quiet")
     assert code == 0, stderr
     assert {p.name: snapshot(p) for p in run_folders} == before
     for method in TINY["methods"]:            # the comparison table is still printed
@@ -345,7 +359,7 @@ def test_resume_with_a_changed_config_is_refused(finished_campaign, tmp_path):
     """
     out, root = copy_campaign(finished_campaign, tmp_path)
     before = snapshot(out)
-    code, _, stderr = run_cli("run", finished_campaign["config"], "--out", out, "--resume", "--quiet",
+    code, _, stderr = run_cli("run", *INLINE, finished_campaign["config"], "--out", out, "--resume", "--quiet",
                               "--set", "bias.gamma=5")
     assert code == 2, "resumed runs made with bias.gamma=10 as if they had bias.gamma=5"
     assert f"metadns_{TAG}" in stderr
@@ -539,7 +553,7 @@ def test_campaign_comparison_table(finished_campaign):
 
 
 # ============================================================================ 3. kill and resume
-RESUME_ITERATIONS = 60
+RESUME_ITERATIONS = 200
 RESUME_CONFIG = merged(TINY, {
     "seed": 11,
     "methods": ["metadns", "sw"],
@@ -556,8 +570,9 @@ def killed_and_resumed(tmp_path_factory) -> dict:
     config_path = write_config(folder, RESUME_CONFIG, stem=RESUME_NAME)
     out_a, out_b = folder / "A", folder / "B"
     command = console_command() + ["run", str(config_path), "--quiet"]
-    a = subprocess.Popen(command + ["--out", str(out_a)], cwd=folder, env=SUBPROCESS_ENV,
+    a = subprocess.Popen(command + [*INLINE, "--out", str(out_a)], cwd=folder, env=SUBPROCESS_ENV,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # B runs on the default executor (a local Ray instance, trainer and bias-server actors).
     b = subprocess.Popen(command + ["--out", str(out_b)], cwd=folder, env=SUBPROCESS_ENV,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint = out_b / RESUME_NAME / f"metadns_{TAG}" / "checkpoints" / "checkpoint.pt"
@@ -589,6 +604,9 @@ def killed_and_resumed(tmp_path_factory) -> dict:
             b.kill()
         b.wait()
     assert b.returncode == -signal.SIGKILL
+    # B's trainer actor dies with its driver, but may finish an iteration or a few first:
+    # the run resumes from whatever checkpoint is last once nothing writes any more.
+    wait_until_unchanged(checkpoint, quiet_s=3.0, timeout_s=60.0)
     state = torch.load(checkpoint, weights_only=False)
     temporaries_after_kill = temporary_files(out_b)
     summary_after_kill = (checkpoint.parent.parent / "summary.json").exists()
@@ -663,7 +681,7 @@ def test_resume_removes_stale_temporary_files(finished_campaign, tmp_path):
     stale = [run_dir / "checkpoints" / ".checkpoint.pt.k1ll3d.tmp", run_dir / ".samples.parquet.k1ll3d.tmp"]
     for path in stale:
         path.write_bytes(b"half a file")
-    code, _, stderr = run_cli("run", finished_campaign["config"], "--out", out, "--resume", "--quiet")
+    code, _, stderr = run_cli("run", *INLINE, finished_campaign["config"], "--out", out, "--resume", "--quiet")
     assert code == 0, stderr
     assert (run_dir / "summary.json").exists()
     assert temporary_files(root) == []
@@ -675,7 +693,7 @@ def test_finished_checkpoint_resume_reproduces_outputs(finished_campaign, tmp_pa
     run_dir = root / f"metadns_{TAG}"
     for name in ("summary.json", "samples.parquet", "observables.parquet", "HILLS"):
         (run_dir / name).unlink()
-    code, _, stderr = run_cli("run", finished_campaign["config"], "--out", out, "--resume", "--quiet")
+    code, _, stderr = run_cli("run", *INLINE, finished_campaign["config"], "--out", out, "--resume", "--quiet")
     assert code == 0, stderr
     original = finished_campaign["root"] / f"metadns_{TAG}"
     assert (run_dir / "HILLS").read_bytes() == (original / "HILLS").read_bytes()
@@ -712,7 +730,7 @@ def test_training_threads_setting_is_applied(tmp_path, monkeypatch):
     previous = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        code, _, stderr = run_cli("run", config_path, "--out", tmp_path / "out", "--quiet")
+        code, _, stderr = run_cli("run", *INLINE, config_path, "--out", tmp_path / "out", "--quiet")
     finally:
         torch.set_num_threads(previous)
     assert code == 0, stderr
@@ -729,7 +747,7 @@ def test_bad_alloy_backend_exits_2_naming_system_energy_and_writes_nothing(tmp_p
                                                  "energy": energy, "temperature": [1000]}}
     config_path = write_config(tmp_path / "cfg", config)
     out = tmp_path / "out"
-    code, stdout, stderr = run_cli("run", config_path, "--out", out, "--quiet")
+    code, stdout, stderr = run_cli("run", *INLINE, config_path, "--out", out, "--quiet")
     assert code == 2, stderr
     assert "system.energy" in stderr and message in stderr
     assert "Traceback" not in stderr
