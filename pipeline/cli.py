@@ -4,6 +4,7 @@
                 [--executor ray|inline] [--address HOST:PORT]
     metadns energy --config CONFIG.yaml FILE... [--set key=value ...] [--out TABLE.parquet]
     metadns fit-ce --out MODEL.ce [--label emt|mace --model FILE] [--species Cu Au] [--cutoffs 6 4.5 4.5] ...
+    metadns tune CONFIG.yaml [--out DIR] [--set key=value ...] [--profile NAME] [--address HOST:PORT] [--quiet]
     metadns report DIR [--quiet]
 
 Exit codes: 0 success; 2 invalid configuration, an existing run folder without ``--resume``,
@@ -62,6 +63,16 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--fit-method", default="least-squares", help="trainstation method (least-squares, lasso, ardr, …)")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
+    tune = commands.add_parser("tune", help="Ray Tune sweep (ASHA) of the config keys in its `tune:` section")
+    tune.add_argument("config", type=Path, help="YAML run configuration with a `tune:` section (optional)")
+    tune.add_argument("--out", type=Path, default=Path("runs"), help="output root (default: runs/); "
+                      "writes DIR/<name>/tune/{trials.parquet,history.parquet,best.yaml}")
+    tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a dotted config key, e.g. --set tune.num_samples=16 (repeatable)")
+    tune.add_argument("--profile", default=None, help="apply a named profile from the config's `profiles:` section")
+    tune.add_argument("--address", default=None,
+                      help="Ray cluster to join, e.g. 10.0.0.1:6379 (default: $RAY_ADDRESS, else a local instance)")
+    tune.add_argument("--quiet", action="store_true", help="no Tune progress output")
     report = commands.add_parser("report", help="dataset, summary table, plots and alloy phase diagram of finished runs")
     report.add_argument("dir", type=Path, help="folder searched (recursively) for finished run folders")
     report.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -76,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         return _energy(args)
     if args.command == "fit-ce":
         return _fit_ce(args)
+    if args.command == "tune":  # Ray is imported only when tuning
+        from pipeline.distributed.tune import tune_command  # noqa: PLC0415
+        return tune_command(args.config, args.out, args.overrides, args.profile, args.address, not args.quiet)
     if args.command == "report":  # dataset, summary, plots, phase diagram of finished runs
         from pipeline.campaign_report import report_command  # noqa: PLC0415
         return report_command(args.dir, quiet=args.quiet)
