@@ -19,7 +19,8 @@ import sys
 import traceback
 from pathlib import Path
 
-from pipeline.config import ConfigError, load_config
+from pipeline.campaign_report import make_report
+from pipeline.config import ConfigError, grid_points, load_config
 from pipeline.outputs import provenance_metadata, write_parquet
 from pipeline.runner import RunFolderExists, build_system, prepare_campaign, print_comparison, run_campaign
 from pipeline.structures import FrameError, energy_table, read_frames
@@ -63,6 +64,39 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--fit-method", default="least-squares", help="trainstation method (least-squares, lasso, ardr, …)")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
+    submit = commands.add_parser("submit", help="submit a campaign as a Slurm job (Ray head + workers, token auth on)")
+    submit.add_argument("config", type=Path, help="YAML run configuration (validated before submitting)")
+    submit.add_argument("--out", type=Path, default=Path("runs"),
+                        help="output root on shared storage (default: runs/); script and logs: OUT/<name>/slurm/")
+    submit.add_argument("--profile", default=None, help="apply a named profile from the config's `profiles:` section")
+    submit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a dotted config key (repeatable; passed on to `metadns run`)")
+    submit.add_argument("--nodes", type=int, default=1, help="Slurm nodes, one Ray node each (default 1)")
+    submit.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node for Slurm and Ray (default 0)")
+    submit.add_argument("--cpus-per-node", type=int, default=None,
+                        help="CPUs per node (default: whole nodes, --exclusive)")
+    submit.add_argument("--mem", default=None, help="memory per node, e.g. 64G (default: the cluster's)")
+    submit.add_argument("--time", default=None, help="time limit, e.g. 04:00:00 or 1-12:00:00 (default: partition's)")
+    submit.add_argument("--partition", default=None, help="Slurm partition")
+    submit.add_argument("--account", default=None, help="Slurm account")
+    submit.add_argument("--job-name", default=None, help="job name (default metadns-<config name>)")
+    submit.add_argument("--sbatch-arg", dest="sbatch_args", action="append", default=[], metavar="OPTION",
+                        help="extra #SBATCH option, e.g. --sbatch-arg=--qos=long (repeatable)")
+    submit_env = submit.add_mutually_exclusive_group()
+    submit_env.add_argument("--venv", type=Path, default=None, help="virtual environment the job activates "
+                            "(default: the one running this command)")
+    submit_env.add_argument("--conda-env", default=None, help="conda environment (name or prefix) the job activates")
+    submit_env.add_argument("--no-env", action="store_true", help="activate nothing: use the PATH sbatch passes on")
+    submit.add_argument("--ray-port", type=int, default=0, help="Ray head port (default: 20000 + job id mod 10000)")
+    submit.add_argument("--loopback", action="store_true",
+                        help="single-node jobs: Ray on 127.0.0.1 only (tests, development)")
+    submit.add_argument("--signal-seconds", type=int, default=120,
+                        help="requeue this many seconds before the time limit (default 120)")
+    submit.add_argument("--startup-timeout", type=int, default=300, help="seconds to wait for Ray nodes (default 300)")
+    submit.add_argument("--template", type=Path, default=None, help="batch script template "
+                        "(default cluster/metadns_ray.sbatch.template)")
+    submit.add_argument("--dry-run", action="store_true", help="print the batch script; write and submit nothing")
+    submit.add_argument("--wait", action="store_true", help="wait for the job (sbatch --wait); exit 1 if it failed")
     tune = commands.add_parser("tune", help="Ray Tune sweep (ASHA) of the config keys in its `tune:` section")
     tune.add_argument("config", type=Path, help="YAML run configuration with a `tune:` section (optional)")
     tune.add_argument("--out", type=Path, default=Path("runs"), help="output root (default: runs/); "
@@ -87,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         return _energy(args)
     if args.command == "fit-ce":
         return _fit_ce(args)
+    if args.command == "submit":  # renders and calls sbatch; never imports ray
+        from pipeline.distributed.submit import submit_command  # noqa: PLC0415
+        return submit_command(args)
     if args.command == "tune":  # Ray is imported only when tuning
         from pipeline.distributed.tune import tune_command  # noqa: PLC0415
         return tune_command(args.config, args.out, args.overrides, args.profile, args.address, not args.quiet)
@@ -138,31 +175,41 @@ def _run(args) -> int:
         if args.address and args.executor == "inline":
             raise ConfigError("--address", "joins a Ray cluster, which only --executor ray uses; drop one of them")
         config = load_config(args.config, args.overrides, profile=args.profile)
-        campaign = prepare_campaign(config, args.out, resume=args.resume)
+        campaigns = [prepare_campaign(point_config, args.out, resume=args.resume, point=tag)
+                     for tag, point_config in grid_points(config)]
     except (ConfigError, RunFolderExists, FileNotFoundError) as error:
         print(f"metadns: error: {error}", file=sys.stderr)
         return 2
+    progress = not args.quiet
     try:
         if args.executor == "inline":
-            results = run_campaign(campaign, progress=not args.quiet)
+            results = [run_campaign(campaign, progress=progress) for campaign in campaigns]
         else:
-            results = _run_on_ray(campaign, args.address, progress=not args.quiet)
-        print_comparison(campaign, results)
+            results = _run_on_ray(campaigns, args.address, progress=progress)
+        for campaign, campaign_results in zip(campaigns, results):
+            if campaign.point:
+                print(f"\n== {campaign.point}")
+            print_comparison(campaign, campaign_results)
+        campaign_root = Path(args.out) / config.name
+        report = make_report(campaign_root, progress=False)
     except ConfigError as error:  # the Ray cluster cannot fit the requested actors; nothing was written
         print(f"metadns: error: {error}", file=sys.stderr)
         return 2
     except Exception:  # a failure during a run: report it in full, exit 1
         traceback.print_exc()
         return 1
+    phase = "" if report.phase_diagram is None else f", phase diagram {campaign_root / 'phase_diagram.png'}"
+    print(f"\ncampaign dataset {report.dataset}, summary {campaign_root / 'summary.parquet'}{phase} "
+          f"(`metadns report {campaign_root}` prints them)")
     return 0
 
 
-def _run_on_ray(campaign, address: str | None, progress: bool):
-    from pipeline.distributed.executor import run_campaign_on_ray  # noqa: PLC0415 - ray only when used
+def _run_on_ray(campaigns, address: str | None, progress: bool):
+    from pipeline.distributed.executor import run_campaigns_on_ray  # noqa: PLC0415 - ray only when used
     from pipeline.distributed.session import ray_session  # noqa: PLC0415
 
     with ray_session(address):
-        return run_campaign_on_ray(campaign, progress=progress)
+        return run_campaigns_on_ray(campaigns, progress=progress)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ import copy
 import dataclasses
 import difflib
 import hashlib
+import itertools
 import json
 import math
 import re
@@ -69,6 +70,7 @@ __all__ = [
     "canonical_json",
     "config_hash",
     "expand_runs",
+    "grid_points",
     "temperature_tag",
     "validate_bias_grid",
 ]
@@ -91,6 +93,8 @@ ALLOY_DEFAULTS: dict[str, Any] = {"size": [4, 4, 4], "cell": "primitive", "latti
 SYSTEM_NAMES: tuple[str, ...] = tuple(BOLTZMANN_CONSTANT)
 """System names accepted in ``system.name``."""
 
+INITIALISATIONS: tuple[str, ...] = ("none", "previous_temperature")
+"""Values of ``training.initialise_from``."""
 DENOISERS: tuple[str, ...] = ("lattice", "transformer")
 SCHEDULES: tuple[str, ...] = ("uniform", "cosine")
 """Denoiser networks accepted in ``sampler.denoiser``."""
@@ -224,7 +228,10 @@ class TrainingConfig:
     One outer iteration draws ``batch_size`` fresh samples, deposits their hills and takes
     ``inner_steps`` gradient steps on them with ``maskings`` random maskings per sample.
     ``replay_buffer_size`` 0 disables the buffer; ``threads`` None uses all cores;
-    ``checkpoint_every`` is in outer iterations.
+    ``checkpoint_every`` is in outer iterations.  ``initialise_from: previous_temperature``
+    starts each neural run from the trained (EMA) sampler of the same method at the
+    preceding temperature of the list (warm start along a temperature ladder; the bias
+    starts empty, since it belongs to its temperature).
     """
 
     outer_iterations: int = 500
@@ -239,6 +246,7 @@ class TrainingConfig:
     warmstart_iterations: int = 200
     checkpoint_every: int = 1
     threads: int | None = None
+    initialise_from: str = "none"
 
 
 @dataclass(frozen=True)
@@ -304,6 +312,7 @@ class Config:
     reference: ReferenceConfig = ReferenceConfig()
     distributed: DistributedConfig = DistributedConfig()
     tune: dict | None = None  # validated by pipeline.distributed.tune (Ray Tune search space)
+    grid: dict | None = None  # dotted key → list of values; see grid_points
 
     def to_dict(self) -> dict[str, Any]:
         """Fully resolved plain mapping (defaults filled, lists not tuples), YAML/JSON dumpable;
@@ -314,6 +323,8 @@ class Config:
             out[section] = _plain(dataclasses.asdict(getattr(self, section)))
         if self.tune is not None:
             out["tune"] = _plain(copy.deepcopy(self.tune))
+        if self.grid is not None:
+            out["grid"] = _plain(copy.deepcopy(self.grid))
         return out
 
 
@@ -487,7 +498,7 @@ SECTION_KEYS: dict[str, tuple[str, ...]] = {
     **{name: tuple(f.name for f in dataclasses.fields(cls)) for name, cls in _SECTION_CLASSES.items()},
 }
 """Valid keys of each section."""
-TOP_LEVEL_KEYS: tuple[str, ...] = ("name", "seed", "methods", *SECTION_KEYS, "tune")
+TOP_LEVEL_KEYS: tuple[str, ...] = ("name", "seed", "methods", *SECTION_KEYS, "tune", "grid")
 """Valid top-level keys."""
 
 
@@ -660,6 +671,7 @@ def _parse_training(raw: Mapping) -> TrainingConfig:
         warmstart_iterations=_int(get("warmstart_iterations"), "training.warmstart_iterations", ge=0),
         checkpoint_every=_int(get("checkpoint_every"), "training.checkpoint_every", ge=1),
         threads=None if threads is None else _int(threads, "training.threads", ge=1, example="`threads: null` (all cores) or `threads: 4`"),
+        initialise_from=_choice(get("initialise_from"), "training.initialise_from", INITIALISATIONS),
     )
 
 
@@ -731,6 +743,76 @@ def _parse_tune(raw: Mapping) -> dict | None:
     return copy.deepcopy(dict(value))
 
 
+def _parse_grid(raw: Mapping) -> dict | None:
+    """The ``grid`` section: dotted config key → non-empty list of values (checked per point)."""
+    value = raw.get("grid")
+    if value is None:
+        return None
+    example = "e.g. `grid: {system.delta_mu: [-0.1, 0.0, 0.1]}`"
+    if not isinstance(value, Mapping) or not value:
+        raise ConfigError("grid", f"must map dotted config keys to lists of values, {example}; got {_describe(value)}")
+    for key, values in value.items():
+        if not isinstance(key, str) or key.split(".")[0] in ("name", "seed", "grid", "tune", "profiles"):
+            raise ConfigError(f"grid.{key}", "cannot be swept: grid keys are config keys such as "
+                                             "system.delta_mu or bias.sigma (a point's name and seed come from the file)")
+        if not isinstance(values, (list, tuple)) or not values:
+            raise ConfigError(f"grid.{key}", f"must be a non-empty list of values, {example}; got {_describe(values)}")
+    return copy.deepcopy(dict(value))
+
+
+def _grid_value_tag(value: Any, index: int) -> str:
+    """Folder-safe text of one grid value: numbers and simple strings as written, else its index."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return np.format_float_positional(value, unique=True, trim="-")
+    if isinstance(value, str) and _NAME.match(value):
+        return value
+    return f"v{index}"
+
+
+def _grid_point_dicts(raw: Mapping, grid: Mapping) -> list[tuple[str, dict]]:
+    """(tag, raw config) per point of the product of the grid's lists, first key outermost.
+
+    Tags are ``key=value`` joined by ``,`` with the key's last part (its full dotted form
+    when two keys share a last part), e.g. ``delta_mu=-0.05``.  Raises ConfigError naming
+    ``grid.<key>`` when a point is not a valid configuration.
+    """
+    base = {k: v for k, v in raw.items() if k != "grid"}
+    keys = list(grid)
+    last_parts = [k.split(".")[-1] for k in keys]
+    labels = [part if last_parts.count(part) == 1 else key for key, part in zip(keys, last_parts)]
+    points: list[tuple[str, dict]] = []
+    for combination in itertools.product(*(list(enumerate(grid[k])) for k in keys)):
+        overrides, tags = [], []
+        for key, label, (index, value) in zip(keys, labels, combination):
+            overrides.append(f"{key}={json.dumps(_plain(value))}")
+            tags.append(f"{label}={_grid_value_tag(value, index)}")
+        tag = ",".join(tags)
+        try:
+            point = apply_overrides(base, overrides)
+            config_from_dict(point, name=str(raw.get("name", "grid")))
+        except ConfigError as error:
+            key = next((k for k in keys if error.field == k or error.field.startswith(k + ".")), error.field)
+            raise ConfigError(f"grid.{key}", f"point {tag}: {error.message}") from None
+        points.append((tag, point))
+    if len({tag for tag, _ in points}) != len(points):
+        raise ConfigError("grid", "two points get the same folder name; give distinct values")
+    return points
+
+
+def grid_points(config: Config) -> list[tuple[str, Config]]:
+    """The configurations a file describes: ``[("", config)]`` without a ``grid``, else one
+    ``(tag, config)`` per grid point (see :func:`_grid_point_dicts`); each point's runs go to
+    ``OUT/<name>/<tag>/``."""
+    if config.grid is None:
+        return [("", config)]
+    return [(tag, config_from_dict(point, name=config.name))
+            for tag, point in _grid_point_dicts(config.to_dict(), config.grid)]
+
+
 def _parse_methods(raw: Mapping) -> tuple[str, ...]:
     if raw.get("methods") is None:
         raise ConfigError("methods", f"is required: a list among {', '.join(METHODS)}, e.g. `methods: [metadns, sw]`")
@@ -770,6 +852,9 @@ def config_from_dict(d: Mapping[str, Any], name: str | None = None) -> Config:
     if system.name == "alloy" and "sw" in methods:
         raise ConfigError("methods", "sw (Swendsen–Wang cluster moves) applies to ising and potts only; "
                           "use metropolis or mcmc-metad as the alloy reference")
+    grid = _parse_grid(d)
+    if grid is not None:
+        _grid_point_dicts(d, grid)  # every point must be a valid configuration
     return Config(
         name=run_name,
         seed=seed,
@@ -782,6 +867,7 @@ def config_from_dict(d: Mapping[str, Any], name: str | None = None) -> Config:
         reference=_parse_reference(d),
         distributed=_parse_distributed(d),
         tune=_parse_tune(d),
+        grid=grid,
     )
 
 

@@ -27,7 +27,8 @@ import yaml
 from pipeline import estimators as est
 from pipeline import plots
 from pipeline.bias import WellTemperedGridBias
-from pipeline.config import Config, ConfigError, RunSpec, config_hash, expand_runs, validate_bias_grid
+from pipeline.config import (Config, ConfigError, RunSpec, config_from_dict, config_hash, expand_runs,
+                             validate_bias_grid)
 from pipeline.outputs import (atomic_write_bytes, atomic_write_text, fes_table, observables_table,
                               provenance_metadata, remove_stale_temporaries, samples_table, write_parquet, write_yaml)
 from pipeline.references import ChainRecord, run_mcmc_metadynamics, run_metropolis, run_swendsen_wang
@@ -49,12 +50,24 @@ class RunFolderExists(Exception):
 
 @dataclass
 class Campaign:
-    """All runs of one config, in execution order (unbiased references first)."""
+    """All runs of one config (one grid point of it), in execution order (unbiased
+    references first).  ``point`` is the grid-point tag ("" without a grid)."""
 
     config: Config
     root: Path
     runs: list[RunSpec]
     resume: bool
+    point: str = ""
+
+    def seed_of(self, spec: RunSpec) -> int:
+        """The run's seed: derived from the config seed, the grid point and the run name."""
+        return derive_seed(self.config.seed, f"{self.point}/{spec.run_name}" if self.point else spec.run_name)
+
+    def previous_temperature(self, spec: RunSpec) -> RunSpec | None:
+        """The run of the same method at the preceding temperature of the config's list."""
+        ladder = [r for r in expand_runs(self.config) if r.method == spec.method]
+        index = next(i for i, r in enumerate(ladder) if r.run_name == spec.run_name)
+        return ladder[index - 1] if index > 0 else None
 
 
 @dataclass
@@ -85,6 +98,7 @@ class RunContext:
     progress: bool
     reference: "ReferenceData | None"
     services: RunServices = field(default_factory=RunServices)
+    initial_sampler_from: Path | None = None   # finished run whose EMA sampler starts this one
 
 
 @dataclass
@@ -158,11 +172,12 @@ def derive_seed(seed: int, run_name: str) -> int:
     return int.from_bytes(digest[:6], "little")
 
 
-def prepare_campaign(config: Config, out_root: Path, resume: bool) -> Campaign:
+def prepare_campaign(config: Config, out_root: Path, resume: bool, point: str = "") -> Campaign:
     """Validate everything that can be checked before any file is written.
 
-    With ``resume``, an existing run folder must have been made with the same settings
-    (its config.yaml equals this run's resolved config); otherwise RunFolderExists.
+    Runs go to ``out_root/<config name>/[<point>/]<run name>``.  With ``resume``, an existing
+    run folder must have been made with the same settings (its config.yaml equals this run's
+    resolved config); otherwise RunFolderExists.
     """
     system = build_system(config)
     runs = expand_runs(config)
@@ -175,7 +190,7 @@ def prepare_campaign(config: Config, out_root: Path, resume: bool) -> Campaign:
             field = next((f"sampler.{key}" for key in ("sites_per_step", "heads", "hidden", "layers")
                           if key in str(error)), "sampler")
             raise ConfigError(field, str(error)) from error
-    root = Path(out_root) / config.name
+    root = Path(out_root) / config.name / point if point else Path(out_root) / config.name
     existing = [spec for spec in runs if (root / spec.run_name).exists()]
     if existing and not resume:
         raise RunFolderExists(f"run folder(s) {', '.join(s.run_name for s in existing)} already exist under "
@@ -187,12 +202,17 @@ def prepare_campaign(config: Config, out_root: Path, resume: bool) -> Campaign:
                                   f"(compare its config.yaml); use another --out or the original settings")
     priority = {m: i for i, m in enumerate(UNBIASED_REFERENCES)}
     runs.sort(key=lambda r: priority.get(r.method, len(priority)))
-    return Campaign(config, root, runs, resume)
+    return Campaign(config, root, runs, resume, point)
 
 
 def _same_run_settings(saved: dict, wanted: dict) -> bool:
-    """Whether a saved run config and this one describe the same run; how it is laid onto Ray
-    actors (``distributed``) does not change results, so a run may resume under other settings."""
+    """Whether a saved run config and this one describe the same run.  The saved one is read
+    through the current schema, so keys added since (at their defaults) do not block a
+    resume; how a run is laid onto Ray actors (``distributed``) does not change results."""
+    try:
+        saved = config_from_dict(saved).to_dict()
+    except ConfigError:
+        return False
     strip = lambda d: {k: v for k, v in d.items() if k != "distributed"}  # noqa: E731
     return strip(saved) == strip(wanted)
 
@@ -222,11 +242,12 @@ def execute_run(campaign: Campaign, spec: RunSpec, progress: bool = True,
     for folder in (run_dir, run_dir / "checkpoints"):
         remove_stale_temporaries(folder)
     system = build_system(config)
-    seed = derive_seed(config.seed, spec.run_name)
+    seed = campaign.seed_of(spec)
     write_yaml(run_dir / "config.yaml", run_config_dict(config, spec))
     metadata = provenance_metadata(config.to_dict(), seed, extra={"run": spec.run_name})
     ctx = RunContext(config, spec, system, run_dir, seed, metadata, progress,
-                     _reference_for(campaign, spec, system), services or RunServices())
+                     _reference_for(campaign, spec, system), services or RunServices(),
+                     _initial_sampler_run(campaign, spec))
     if spec.method in NEURAL_METHODS:
         summary = _run_neural(ctx)
     else:
@@ -235,6 +256,21 @@ def execute_run(campaign: Campaign, spec: RunSpec, progress: bool = True,
         print(f"WARNING [{spec.run_name}]: {warning}", flush=True)
     atomic_write_text(summary_path, json.dumps(summary, indent=2, default=float))
     return RunResult(spec, run_dir, summary)
+
+
+def _initial_sampler_run(campaign: Campaign, spec: RunSpec) -> Path | None:
+    """With ``training.initialise_from: previous_temperature``, the finished run of the same
+    neural method at the preceding temperature (None for the first temperature)."""
+    if campaign.config.training.initialise_from != "previous_temperature" or spec.method not in NEURAL_METHODS:
+        return None
+    previous = campaign.previous_temperature(spec)
+    if previous is None:
+        return None
+    folder = campaign.root / previous.run_name
+    if not (folder / "summary.json").exists():
+        raise RuntimeError(f"{spec.run_name} starts from {previous.run_name} (training.initialise_from: "
+                           "previous_temperature), which has not finished; run the temperatures in order")
+    return folder
 
 
 # ----------------------------------------------------------------------------- bins and references
@@ -295,6 +331,10 @@ def _run_neural(ctx: RunContext) -> dict:
     checkpoint = ctx.run_dir / "checkpoints" / "checkpoint.pt"
     if checkpoint.exists():
         trainer.load_state_dict(torch.load(checkpoint, weights_only=False))
+    elif ctx.initial_sampler_from is not None:
+        trained = torch.load(ctx.initial_sampler_from / "checkpoints" / "checkpoint.pt", weights_only=False)
+        sampler.load_state_dict(trained["ema_sampler"])
+        trainer.ema_sampler.load_state_dict(trained["ema_sampler"])
 
     def save_checkpoint(tr: DualLoopTrainer) -> None:
         if tr.iteration % t.checkpoint_every == 0 or tr.finished:
@@ -381,7 +421,8 @@ def _run_neural(ctx: RunContext) -> dict:
     if coverage < LOW_COVERAGE:
         warnings.append(f"fresh samples spanned only {coverage:.0%} of the CV range during training: "
                         "the sampler may have missed a mode (ESS alone does not reveal mode collapse)")
-    return _summary(ctx, warnings, ess_fraction=ess_fraction, cv_coverage=coverage,
+    extra = {"initialised_from": ctx.initial_sampler_from.name} if ctx.initial_sampler_from else {}
+    return _summary(ctx, warnings, **extra, ess_fraction=ess_fraction, cv_coverage=coverage,
                     mh_acceptance=acceptance, training_wall_time_s=trainer.elapsed_s,
                     generation_wall_time_s=generation_s, n_samples=n,
                     energy_evaluations=trainer.energy_evaluations + n,

@@ -12,8 +12,6 @@ counts keep floating-point reductions identical between the uninterrupted and re
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import os
@@ -23,7 +21,6 @@ import signal
 import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +30,7 @@ import pytest
 import torch
 import yaml
 
-from pipeline import cli
+from tests.cli_runner import run_cli
 from pipeline import training as training_module
 from pipeline.config import config_from_dict, config_hash, expand_runs, load_config
 from pipeline.outputs import read_parquet_metadata, samples_from_table
@@ -84,24 +81,6 @@ def console_command() -> list[str]:
     if CONSOLE_SCRIPT.exists():
         return [str(CONSOLE_SCRIPT)]
     return [sys.executable, "-m", "pipeline.cli"]
-
-
-def run_cli(*args) -> tuple[int, str, str]:
-    """``pipeline.cli.main`` in-process: (exit code, stdout, stderr).
-
-    An exception escaping ``main`` becomes exit code 1 with its traceback on stderr, as the
-    console script would report it; argparse's SystemExit gives its code.
-    """
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = cli.main([str(a) for a in args])
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else 1
-        except Exception:  # noqa: BLE001 - reported like the console script does
-            traceback.print_exc(file=err)
-            code = 1
-    return code, out.getvalue(), err.getvalue()
 
 
 def merged(base: dict, patch: dict) -> dict:
@@ -340,7 +319,7 @@ def test_one_existing_run_folder_blocks_the_whole_campaign(tmp_path):
 # ============================================================================ 4. resume of a finished campaign
 def test_resume_of_finished_campaign_recomputes_nothing(finished_campaign, tmp_path):
     out, root = copy_campaign(finished_campaign, tmp_path)
-    run_folders = [p for p in root.iterdir() if p.is_dir()]
+    run_folders = [p for p in root.iterdir() if (p / "config.yaml").exists()]
     assert sorted(p.name for p in run_folders) == sorted(f"{m}_{TAG}" for m in TINY["methods"])
     before = {p.name: snapshot(p) for p in run_folders}
     time.sleep(0.01)                          # any rewrite would now get a later mtime

@@ -7,6 +7,7 @@ inline order, so every estimate is bitwise equal to ``--executor inline`` with t
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -19,10 +20,10 @@ import torch
 
 from pipeline import cli
 from pipeline.bias import WellTemperedGridBias
-from pipeline.config import config_from_dict
+from pipeline.config import config_from_dict, grid_points
 from pipeline.distributed.bias_server import BiasClient
 from pipeline.distributed.evaluators import EvaluatorPool
-from pipeline.distributed.executor import run_campaign_on_ray, start_evaluator_pool
+from pipeline.distributed.executor import run_campaign_on_ray, run_campaigns_on_ray, start_evaluator_pool
 from pipeline.runner import build_system, prepare_campaign, run_campaign
 
 ISING = {
@@ -35,16 +36,18 @@ ISING = {
     "reference": {"chains": 4, "sweeps": 60, "burn_in": 10},
     "distributed": {"evaluators": 2, "cpus_per_run": 0.5, "cpus_per_evaluator": 0.25},
 }
-ALLOY = {
+ALLOY = {  # a grid of two Δμ points, each a temperature ladder warm-started from the hotter run
     "seed": 5, "methods": ["metadns", "mcmc-metad"],
-    "system": {"name": "alloy", "size": [2, 2, 2], "cell": "primitive", "temperature": [1200.0],
+    "system": {"name": "alloy", "size": [2, 2, 2], "cell": "primitive", "temperature": [1600.0, 800.0],
                "energy": {"name": "cluster_expansion", "model": "cuau_paper"}},
     "sampler": {"hidden": 8, "layers": 1, "sites_per_step": 2},
     "bias": {"gamma": 10, "sigma": 0.1, "height_per_cycle": 0.5},
-    "training": {"outer_iterations": 4, "batch_size": 16, "inner_steps": 2, "maskings": 2, "threads": 1},
+    "training": {"outer_iterations": 4, "batch_size": 16, "inner_steps": 2, "maskings": 2, "threads": 1,
+                 "initialise_from": "previous_temperature"},
     "sampling": {"n_samples": 300, "delta_mu_grid": [-0.05, 0.0]},
     "reference": {"chains": 4, "sweeps": 40, "burn_in": 10},
     "distributed": {"evaluators": 1, "cpus_per_run": 0.5},
+    "grid": {"system.delta_mu": [-0.05, 0.05]},
 }
 COMPARED_FILES = ("observables", "fes", "histograms", "samples")
 
@@ -60,7 +63,7 @@ def assert_same_results(inline_root: Path, ray_root: Path, run_names) -> None:
             pd.testing.assert_frame_equal(a, b, check_exact=True, obj=f"{run}/{name}")
 
 
-def inline_and_ray(raw: dict, name: str, tmp_path: Path, pool=None, during=None):
+def inline_and_ray(raw: dict, name: str, tmp_path: Path, pool=None):
     config = config_from_dict(raw, name)
     inline = prepare_campaign(config, tmp_path / "inline", resume=False)
     run_campaign(inline, progress=False)
@@ -69,17 +72,28 @@ def inline_and_ray(raw: dict, name: str, tmp_path: Path, pool=None, during=None)
     return inline, distributed, results
 
 
-@pytest.mark.parametrize("raw,name", [(ISING, "ising4"), (ALLOY, "cuau8")], ids=["ising", "cu-au"])
+@pytest.mark.parametrize("raw,name", [(ISING, "ising4"), (ALLOY, "cuau8")], ids=["ising", "cu-au grid"])
 def test_ray_campaign_equals_single_process_run(local_ray, tmp_path, raw, name):
-    inline, distributed, results = inline_and_ray(raw, name, tmp_path)
-    assert [r.spec.run_name for r in results] == [s.run_name for s in distributed.runs]
-    assert_same_results(inline.root, distributed.root, [s.run_name for s in distributed.runs])
-    biased = [s.run_name for s in distributed.runs if s.method in ("metadns", "mcmc-metad")]
-    for run in biased:  # the bias server's final state is the run's bias
-        saved = torch.load(distributed.root / run / "checkpoints" / "bias_server.pt", weights_only=False)
-        trained = WellTemperedGridBias.from_state_dict(saved["bias"])
-        hills = (distributed.root / run / "HILLS").read_text().splitlines()
-        assert trained.n_hills == sum(1 for line in hills if not line.startswith("#")) > 0
+    points = grid_points(config_from_dict(raw, name))
+    inline = [prepare_campaign(config, tmp_path / "inline", False, tag) for tag, config in points]
+    for campaign in inline:
+        run_campaign(campaign, progress=False)
+    distributed = [prepare_campaign(config, tmp_path / "ray", False, tag) for tag, config in points]
+    results = run_campaigns_on_ray(distributed, progress=False)
+    for a, b, result in zip(inline, distributed, results):
+        assert [r.spec.run_name for r in result] == [s.run_name for s in b.runs]
+        assert_same_results(a.root, b.root, [s.run_name for s in b.runs])
+        for run in [s.run_name for s in b.runs if s.method in ("metadns", "mcmc-metad")]:
+            # the bias server's final state is the run's bias
+            saved = torch.load(b.root / run / "checkpoints" / "bias_server.pt", weights_only=False)
+            trained = WellTemperedGridBias.from_state_dict(saved["bias"])
+            hills = (b.root / run / "HILLS").read_text().splitlines()
+            assert trained.n_hills == sum(1 for line in hills if not line.startswith("#")) > 0
+    if len(points) > 1:  # distinct points get distinct seeds, and the colder runs were warm-started
+        seeds = {json.loads((c.root / "metadns_T800.0000" / "summary.json").read_text())["seed"] for c in distributed}
+        assert len(seeds) == len(points)
+        summary = json.loads((distributed[0].root / "metadns_T800.0000" / "summary.json").read_text())
+        assert summary["initialised_from"] == "metadns_T1600.0000"
 
 
 def test_killed_evaluator_is_restarted_and_the_run_completes_with_the_same_results(local_ray, tmp_path):

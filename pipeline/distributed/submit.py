@@ -1,0 +1,361 @@
+"""``metadns submit``: render the Slurm batch script of a campaign and submit it with sbatch.
+
+The script (``cluster/metadns_ray.sbatch.template``) starts a Ray head on the first node of
+the allocation and one Ray worker on each other node (``srun``, one task per node), keeps
+Ray token authentication on (token file on shared storage, mode 600) and runs
+``metadns run CONFIG --out OUT --resume --executor ray --address HEAD:PORT`` as the driver.
+It is written to ``OUT/<config name>/slurm/job.sbatch``; Slurm's log goes beside it
+(``slurm-<job id>.out``).  Jobs are requeueable: a preempted job, or one near its time
+limit, is requeued and resumes from its last checkpoint.
+
+Nothing here imports ``ray``: this module only validates, renders and calls Slurm's commands.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.config import Config, ConfigError, grid_points, load_config
+from pipeline.outputs import atomic_write_text
+from pipeline.runner import RunFolderExists, prepare_campaign
+
+TEMPLATE = Path(__file__).resolve().parents[2] / "cluster" / "metadns_ray.sbatch.template"
+SCRIPT_NAME = "job.sbatch"
+TOKEN_NAME = "ray_auth_token"
+# Slurm time formats: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S, or no limit.
+_TIME = re.compile(r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+|\d+-\d+:\d{1,2}|\d+-\d+:\d{1,2}:\d{1,2}"
+                   r"|UNLIMITED|INFINITE)$", re.IGNORECASE)
+_JOB_NAME = re.compile(r"^[A-Za-z0-9._+-]{1,128}$")
+_MEMORY = re.compile(r"^\d+[KMGT]?$", re.IGNORECASE)
+_FIELD = re.compile(r"\{\{([A-Z_]+)\}\}")
+FINISHED_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
+                             "BOOT_FAIL", "DEADLINE", "PREEMPTED", "SPECIAL_EXIT"})
+
+
+class SubmitError(Exception):
+    """Bad ``metadns submit`` input; ``option`` names the option at fault."""
+
+    def __init__(self, option: str, message: str):
+        super().__init__(f"{option}: {message}")
+        self.option = option
+
+
+@dataclass(frozen=True)
+class SubmitOptions:
+    """What ``metadns submit`` renders.  Paths may be relative (made absolute against the
+    current directory, which is also the job's working directory).
+
+    ``cpus_per_node`` None: whole nodes (``--exclusive``) and Ray gets every CPU Slurm gives.
+    ``env``: ("venv", DIR) | ("conda", NAME_OR_PREFIX) | ("none", "") | None (the environment
+    of the Python running this, see :func:`default_environment`).  ``ray_port`` 0: derived
+    from the job id (20000 + id mod 10000) so that jobs sharing a node do not collide.
+    ``loopback``: single-node jobs only; Ray advertises and binds 127.0.0.1 (tests).
+    """
+
+    config: Path
+    out: Path = Path("runs")
+    profile: str | None = None
+    overrides: tuple[str, ...] = ()
+    nodes: int = 1
+    gpus_per_node: int = 0
+    cpus_per_node: int | None = None
+    mem: str | None = None
+    time: str | None = None
+    partition: str | None = None
+    account: str | None = None
+    job_name: str | None = None
+    sbatch_args: tuple[str, ...] = ()
+    env: tuple[str, str] | None = None
+    ray_port: int = 0
+    loopback: bool = False
+    signal_seconds: int = 120
+    startup_timeout_s: int = 300
+    template: Path = TEMPLATE
+    workdir: Path = field(default_factory=Path.cwd)
+
+
+@dataclass(frozen=True)
+class RenderedJob:
+    """A rendered batch script and where it goes (absolute paths)."""
+
+    config: Config
+    script: str
+    script_path: Path
+    slurm_dir: Path
+    log_pattern: Path     # Slurm's --output, %j = job id
+
+    def log_path(self, job_id: str) -> Path:
+        return Path(str(self.log_pattern).replace("%j", job_id))
+
+    @property
+    def token_path(self) -> Path:
+        return self.slurm_dir / TOKEN_NAME
+
+
+def default_environment() -> tuple[str, str]:
+    """The environment of the running interpreter: its venv, its conda env, else none (the
+    job then uses the PATH it inherits from sbatch)."""
+    prefix = Path(sys.prefix)
+    if (prefix / "pyvenv.cfg").exists() and (prefix / "bin" / "activate").exists():
+        return ("venv", str(prefix))
+    if (prefix / "conda-meta").is_dir():
+        return ("conda", str(prefix))
+    return ("none", "")
+
+
+def _activation(env: tuple[str, str]) -> str:
+    kind, value = env
+    if kind == "venv":
+        venv = Path(value).expanduser().resolve()
+        if not (venv / "bin" / "activate").exists():
+            raise SubmitError("--venv", f"{venv} is not a virtual environment (no bin/activate); "
+                                        "pass the folder made by `python -m venv`, e.g. --venv .venv")
+        quoted = shlex.quote(str(venv / "bin" / "activate"))
+        return f"source {quoted} || fail {shlex.quote(f'cannot activate the venv {venv}')}"
+    if kind == "conda":
+        if not value or any(c.isspace() for c in value):
+            raise SubmitError("--conda-env", f"must name a conda environment or its prefix, got {value!r}")
+        env_name = shlex.quote(value)
+        return ("set +u  # conda's activation scripts read unset variables\n"
+                'eval "$("${CONDA_EXE:-conda}" shell.bash hook)" '
+                f"&& conda activate {env_name} || fail {shlex.quote(f'cannot activate the conda env {value}')}\n"
+                "set -u")
+    if kind == "none":
+        return "# no environment activation: the job uses the PATH it inherited from sbatch"
+    raise SubmitError("--env", f"unknown environment kind {kind!r}; use --venv, --conda-env or --no-env")
+
+
+def _sbatch_value(option: str, value: str) -> str:
+    """A value for an ``#SBATCH`` line: sbatch reads these lines itself, so no shell quoting;
+    whitespace and newlines are refused."""
+    if not value or any(c.isspace() for c in value):
+        raise SubmitError(option, f"must be non-empty without spaces, got {value!r}")
+    return value
+
+
+def _check(options: SubmitOptions) -> None:
+    if options.nodes < 1:
+        raise SubmitError("--nodes", f"must be at least 1, got {options.nodes}")
+    if options.gpus_per_node < 0:
+        raise SubmitError("--gpus-per-node", f"must be 0 or more, got {options.gpus_per_node}")
+    if options.cpus_per_node is not None and options.cpus_per_node < 1:
+        raise SubmitError("--cpus-per-node", f"must be at least 1, got {options.cpus_per_node}")
+    if options.mem is not None and not _MEMORY.match(options.mem):
+        raise SubmitError("--mem", f"must be a Slurm memory size such as 32G or 64000M, got {options.mem!r}")
+    if options.time is not None and not _TIME.match(options.time):
+        raise SubmitError("--time", f"must be a Slurm time limit (MM, HH:MM:SS, D-HH, D-HH:MM:SS), "
+                                    f"got {options.time!r}")
+    if options.job_name is not None and not _JOB_NAME.match(options.job_name):
+        raise SubmitError("--job-name", f"letters, digits and ._+- only (at most 128), got {options.job_name!r}")
+    if not 0 <= options.ray_port <= 65534:
+        raise SubmitError("--ray-port", f"must be 1–65534 (0: derived from the job id), got {options.ray_port}")
+    if options.loopback and options.nodes != 1:
+        raise SubmitError("--loopback", f"binds Ray to 127.0.0.1, which only a single-node job can use; "
+                                        f"drop it or use --nodes 1 (got --nodes {options.nodes})")
+    if options.signal_seconds < 1:
+        raise SubmitError("--signal-seconds", f"must be at least 1, got {options.signal_seconds}")
+    if options.startup_timeout_s < 1:
+        raise SubmitError("--startup-timeout", f"must be at least 1 s, got {options.startup_timeout_s}")
+    for arg in options.sbatch_args:
+        if not arg.startswith("-") or "\n" in arg:
+            raise SubmitError("--sbatch-arg", f"takes one sbatch option per use, e.g. --sbatch-arg=--qos=long; "
+                                              f"got {arg!r}")
+
+
+def render(options: SubmitOptions) -> RenderedJob:
+    """Validate the options and the config (nothing is written) and render the batch script.
+
+    Raises SubmitError for bad options, ConfigError for an invalid config, RunFolderExists when
+    ``OUT`` holds runs of this campaign made with other settings, FileNotFoundError for a
+    missing config.
+    """
+    _check(options)
+    workdir = Path(options.workdir).resolve()
+    config_path = (workdir / options.config).resolve()
+    out = (workdir / Path(options.out).expanduser()).resolve()
+    config = load_config(config_path, options.overrides, profile=options.profile)
+    for tag, point_config in grid_points(config):  # everything `metadns run --resume` checks before writing
+        prepare_campaign(point_config, out, resume=True, point=tag)
+    slurm_dir = out / config.name / "slurm"
+    for option, path in (("--out", slurm_dir), ("CONFIG", config_path), ("working directory", workdir)):
+        _sbatch_value(option, str(path))
+    log_pattern = slurm_dir / "slurm-%j.out"
+
+    resources = []
+    if options.cpus_per_node is None:
+        resources.append("#SBATCH --exclusive")
+    else:
+        resources.append(f"#SBATCH --cpus-per-task={options.cpus_per_node}")
+    if options.gpus_per_node:
+        resources.append(f"#SBATCH --gpus-per-node={options.gpus_per_node}")
+    if options.mem is not None:
+        resources.append(f"#SBATCH --mem={options.mem}")
+    if options.time is not None:
+        resources.append(f"#SBATCH --time={options.time}")
+    if options.partition is not None:
+        resources.append(f"#SBATCH --partition={_sbatch_value('--partition', options.partition)}")
+    if options.account is not None:
+        resources.append(f"#SBATCH --account={_sbatch_value('--account', options.account)}")
+    extra = "\n".join(f"#SBATCH {arg}" for arg in options.sbatch_args) or "# (no extra sbatch options)"
+
+    run_options: list[str] = []
+    if options.profile is not None:
+        run_options += ["--profile", options.profile]
+    for override in options.overrides:
+        run_options += ["--set", override]
+
+    fields = {
+        "JOB_NAME": options.job_name or _sbatch_value("--job-name", f"metadns-{config.name}"),
+        "NODES": str(options.nodes),
+        "SBATCH_RESOURCES": "\n".join(resources),
+        "SBATCH_EXTRA": extra,
+        "LOG_FILE": str(log_pattern),
+        "WORKDIR": str(workdir),
+        "SIGNAL_SECONDS": str(options.signal_seconds),
+        "CONFIG": shlex.quote(str(config_path)),
+        "OUT": shlex.quote(str(out)),
+        "SLURM_DIR": shlex.quote(str(slurm_dir)),
+        "RUN_OPTIONS": " ".join(shlex.quote(word) for word in run_options),
+        "GPUS_PER_NODE": str(options.gpus_per_node),
+        "RAY_PORT": str(options.ray_port),
+        "LOOPBACK": "1" if options.loopback else "0",
+        "STARTUP_TIMEOUT_S": str(options.startup_timeout_s),
+        "ACTIVATE": _activation(options.env or default_environment()),
+    }
+    try:
+        template = Path(options.template).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SubmitError("--template", f"batch script template {options.template} not found (it ships in the "
+                                        "repository's cluster/ folder; pass --template PATH)") from None
+    missing = sorted(set(_FIELD.findall(template)) - set(fields))
+    if missing:
+        raise SubmitError("--template", f"{options.template} has fields this version does not fill: {missing}")
+    script = _FIELD.sub(lambda match: fields[match.group(1)], template)
+    return RenderedJob(config=config, script=script, script_path=slurm_dir / SCRIPT_NAME, slurm_dir=slurm_dir,
+                       log_pattern=log_pattern)
+
+
+def _slurm_command(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise SubmitError(name, f"Slurm's `{name}` is not on PATH: run on a Slurm login node (or use "
+                                "--dry-run to print the batch script)")
+    return path
+
+
+def _active_jobs_of(script_path: Path) -> list[str]:
+    """Ids of pending/running jobs whose batch script is ``script_path`` (empty if squeue fails)."""
+    squeue = shutil.which("squeue")
+    if squeue is None:
+        return []
+    result = subprocess.run([squeue, "-h", "-o", "%i %o"], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        return []
+    jobs = []
+    for line in result.stdout.splitlines():
+        job_id, _, command = line.strip().partition(" ")
+        if command.strip() == str(script_path):
+            jobs.append(job_id)
+    return jobs
+
+
+def submit(job: RenderedJob, wait: bool = False, echo=print) -> tuple[str, int]:
+    """Write ``job.script`` (atomically) and submit it with ``sbatch --parsable``.
+
+    Returns (job id, exit code): 0 when submitted (with ``wait``: when the job ended with
+    status 0; otherwise sbatch's non-zero status).  Raises SubmitError when sbatch is missing,
+    a job of this campaign is still queued or running, or sbatch refuses the script (the
+    written script is then removed).
+    """
+    sbatch = _slurm_command("sbatch")
+    running = _active_jobs_of(job.script_path)
+    if running:
+        raise SubmitError("--out", f"job(s) {', '.join(running)} still run this campaign ({job.script_path}); "
+                                   "wait for them, scancel them, or choose another --out")
+    job.slurm_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(job.script_path, job.script)
+    job.script_path.chmod(0o755)
+    command = [sbatch, "--parsable", *(["--wait"] if wait else []), str(job.script_path)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first_line = process.stdout.readline().strip()
+    if not first_line:
+        _, error = process.communicate()
+        job.script_path.unlink(missing_ok=True)
+        raise SubmitError("sbatch", f"refused the job: {error.strip() or f'exit status {process.returncode}'}")
+    job_id = first_line.split(";")[0]
+    echo(f"submitted job {job_id}: script {job.script_path}, log {job.log_path(job_id)}")
+    if not wait:
+        process.communicate()
+        return job_id, 0
+    echo(f"waiting for job {job_id} (sbatch --wait) ...")
+    _, error = process.communicate()
+    if process.returncode != 0:
+        echo(f"job {job_id} ended with status {process.returncode}: {error.strip()}")
+    return job_id, process.returncode
+
+
+def job_state(job_id: str) -> tuple[str, str] | None:
+    """(JobState, ExitCode) of a job from ``scontrol show job``; None once Slurm has forgotten it."""
+    scontrol = _slurm_command("scontrol")
+    result = subprocess.run([scontrol, "show", "job", "-o", str(job_id)], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        return None
+    fields = dict(item.split("=", 1) for item in result.stdout.split() if "=" in item)
+    return fields.get("JobState", "UNKNOWN"), fields.get("ExitCode", "")
+
+
+def wait_for_job(job_id: str, timeout_s: float, poll_s: float = 2.0) -> tuple[str, str]:
+    """Poll ``scontrol`` until the job reaches a final state; returns (JobState, ExitCode).
+    Raises TimeoutError after ``timeout_s`` seconds (the job is left alone)."""
+    deadline = time.monotonic() + timeout_s
+    state = None
+    while time.monotonic() < deadline:
+        state = job_state(job_id)
+        if state is not None and state[0] in FINISHED_STATES:
+            return state
+        time.sleep(poll_s)
+    raise TimeoutError(f"job {job_id} not finished after {timeout_s:.0f} s (last state {state})")
+
+
+def options_from_args(args) -> SubmitOptions:
+    """SubmitOptions from the namespace that pipeline.cli parsed for ``metadns submit``."""
+    env = None
+    if args.venv is not None:
+        env = ("venv", str(args.venv))
+    elif args.conda_env is not None:
+        env = ("conda", args.conda_env)
+    elif args.no_env:
+        env = ("none", "")
+    return SubmitOptions(
+        config=args.config, out=args.out, profile=args.profile, overrides=tuple(args.overrides), nodes=args.nodes,
+        gpus_per_node=args.gpus_per_node, cpus_per_node=args.cpus_per_node, mem=args.mem, time=args.time,
+        partition=args.partition, account=args.account, job_name=args.job_name, sbatch_args=tuple(args.sbatch_args),
+        env=env, ray_port=args.ray_port, loopback=args.loopback, signal_seconds=args.signal_seconds,
+        startup_timeout_s=args.startup_timeout, template=args.template or TEMPLATE)
+
+
+def submit_command(args) -> int:
+    """``metadns submit``: 0 submitted (or printed with --dry-run); 2 bad options, an invalid
+    config, a clash with existing runs or jobs, sbatch missing or refusing; with --wait, 1 when
+    the job did not end with status 0."""
+    try:
+        job = render(options_from_args(args))
+        if args.dry_run:
+            sys.stdout.write(job.script)
+            return 0
+        _, status = submit(job, wait=args.wait)
+    except (SubmitError, ConfigError, RunFolderExists, FileNotFoundError) as error:
+        print(f"metadns: error: {error}", file=sys.stderr)
+        return 2
+    return 0 if status == 0 else 1
+
+
+__all__ = ["SubmitOptions", "RenderedJob", "SubmitError", "render", "submit", "submit_command", "job_state",
+           "wait_for_job", "default_environment", "options_from_args", "TEMPLATE"]
