@@ -231,7 +231,8 @@ class TrainingConfig:
     ``checkpoint_every`` is in outer iterations.  ``initialise_from: previous_temperature``
     starts each neural run from the trained (EMA) sampler of the same method at the
     preceding temperature of the list (warm start along a temperature ladder; the bias
-    starts empty, since it belongs to its temperature).
+    starts empty, since it belongs to its temperature).  ``walkers`` > 1 trains that many
+    samplers on one shared bias (multiple-walker MetaDNS; see MultiWalkerTrainer).
     """
 
     outer_iterations: int = 500
@@ -247,6 +248,7 @@ class TrainingConfig:
     checkpoint_every: int = 1
     threads: int | None = None
     initialise_from: str = "none"
+    walkers: int = 1
 
 
 @dataclass(frozen=True)
@@ -672,6 +674,7 @@ def _parse_training(raw: Mapping) -> TrainingConfig:
         checkpoint_every=_int(get("checkpoint_every"), "training.checkpoint_every", ge=1),
         threads=None if threads is None else _int(threads, "training.threads", ge=1, example="`threads: null` (all cores) or `threads: 4`"),
         initialise_from=_choice(get("initialise_from"), "training.initialise_from", INITIALISATIONS),
+        walkers=_int(get("walkers"), "training.walkers", ge=1, example="`walkers: 4`"),
     )
 
 

@@ -33,7 +33,7 @@ from pipeline.outputs import (atomic_write_bytes, atomic_write_text, fes_table, 
                               provenance_metadata, remove_stale_temporaries, samples_table, write_parquet, write_yaml)
 from pipeline.references import ChainRecord, run_mcmc_metadynamics, run_metropolis, run_swendsen_wang
 from pipeline.sampler import MaskedDiffusionSampler, build_denoiser
-from pipeline.training import DualLoopTrainer
+from pipeline.training import DualLoopTrainer, MultiWalkerTrainer, call_in_order
 from systems.exact import exact_ensemble
 from systems.registry import make_system
 
@@ -80,11 +80,14 @@ class RunServices:
     deposits into and reads (same interface), e.g. a client of a bias-server actor.
     ``report_progress(trainer)``: called when training starts (after a resume, at the
     checkpoint's iteration) and after every outer iteration, e.g. to feed a driver's bars.
+    ``make_walkers(ctx)``: the walkers of a multiple-walker run and the function that calls
+    their methods (see MultiWalkerTrainer), e.g. trainer actors; None builds them here.
     """
 
     energy: Callable[[torch.Tensor], torch.Tensor] | None = None
     make_bias: Callable[[WellTemperedGridBias], WellTemperedGridBias] | None = None
     report_progress: Callable[[DualLoopTrainer], None] | None = None
+    make_walkers: Callable[["RunContext"], tuple[list, Callable]] | None = None
 
 
 @dataclass
@@ -319,22 +322,61 @@ def _load_reference(folder: Path, method: str) -> ReferenceData:
 
 
 # ----------------------------------------------------------------------------- neural methods
+def build_walker(config: Config, spec: RunSpec, system, seed: int, energy_fn, bias) -> DualLoopTrainer:
+    """One trainer of a run: its sampler initialised from ``seed`` (all later randomness comes
+    from its generator, seeded with ``seed`` too), training towards π_V with ``bias``."""
+    torch.manual_seed(seed)  # parameter initialisation only; all sampling uses explicit generators
+    sampler = build_sampler(config, system)
+    return DualLoopTrainer(system, sampler, spec.beta, config.training, bias=bias, seed=seed,
+                           warmstart=spec.method == "mdns-warmstart", energy_fn=energy_fn)
+
+
+def walker_seed(run_seed: int, index: int) -> int:
+    """Seed of walker ``index`` of a multiple-walker run."""
+    return derive_seed(run_seed, f"walker{index}")
+
+
+def _trainer(ctx: RunContext, energy_fn):
+    """The run's DualLoopTrainer, or a MultiWalkerTrainer with ``training.walkers`` > 1 (walkers
+    in this process, or Ray actors from ``services.make_walkers``)."""
+    config, spec, system = ctx.config, ctx.spec, ctx.system
+    t = config.training
+    biased = spec.method == "metadns"
+    bias = _run_bias(ctx, t.batch_size) if biased else None
+    if t.walkers == 1:
+        return build_walker(config, spec, system, ctx.seed, energy_fn, bias)
+    if ctx.services.make_walkers is not None:
+        walkers, call = ctx.services.make_walkers(ctx)
+    else:
+        walkers = [build_walker(config, spec, system, walker_seed(ctx.seed, w), energy_fn,
+                                build_bias(config, system, spec.beta, t.batch_size) if biased else None)
+                   for w in range(t.walkers)]
+        call = call_in_order
+    return MultiWalkerTrainer(walkers, bias, spec.beta, t, spec.method == "mdns-warmstart", system.cv_spec, call)
+
+
+def _start_from_previous_temperature(trainer, run_dir: Path) -> None:
+    """Warm start: each walker takes the EMA sampler of the finished run in ``run_dir`` (its
+    walker of the same index, modulo that run's walker count)."""
+    trained = torch.load(run_dir / "checkpoints" / "checkpoint.pt", weights_only=False)
+    states = [w["ema_sampler"] for w in trained["walkers"]] if "walkers" in trained else [trained["ema_sampler"]]
+    if isinstance(trainer, MultiWalkerTrainer):
+        trainer.call(trainer.walkers, "start_from", [(states[w % len(states)],) for w in range(len(trainer.walkers))])
+    else:
+        trainer.start_from(states[0])
+
+
 def _run_neural(ctx: RunContext) -> dict:
     config, spec, system = ctx.config, ctx.spec, ctx.system
     t = config.training
-    torch.manual_seed(ctx.seed)  # parameter initialisation only; all sampling uses explicit generators
-    sampler = build_sampler(config, system)
     energy_fn = ctx.services.energy or system.energy
-    bias = _run_bias(ctx, t.batch_size) if spec.method == "metadns" else None
-    trainer = DualLoopTrainer(system, sampler, spec.beta, t, bias=bias, seed=ctx.seed,
-                              warmstart=spec.method == "mdns-warmstart", energy_fn=energy_fn)
+    trainer = _trainer(ctx, energy_fn)
+    bias = trainer.bias
     checkpoint = ctx.run_dir / "checkpoints" / "checkpoint.pt"
     if checkpoint.exists():
         trainer.load_state_dict(torch.load(checkpoint, weights_only=False))
     elif ctx.initial_sampler_from is not None:
-        trained = torch.load(ctx.initial_sampler_from / "checkpoints" / "checkpoint.pt", weights_only=False)
-        sampler.load_state_dict(trained["ema_sampler"])
-        trainer.ema_sampler.load_state_dict(trained["ema_sampler"])
+        _start_from_previous_temperature(trainer, ctx.initial_sampler_from)
 
     def save_checkpoint(tr: DualLoopTrainer) -> None:
         if tr.iteration % t.checkpoint_every == 0 or tr.finished:
@@ -354,8 +396,7 @@ def _run_neural(ctx: RunContext) -> dict:
 
     # Fresh i.i.d. samples from the frozen EMA sampler with the frozen bias (§6).
     start = time.perf_counter()
-    batch = trainer.ema_sampler.sample(config.sampling.n_samples, trainer.generator,
-                                       batch_size=config.sampling.batch_size)
+    batch = trainer.sample_final(config.sampling.n_samples, batch_size=config.sampling.batch_size)
     generation_s = time.perf_counter() - start
     x = batch.x
     energy = energy_fn(x).numpy()

@@ -157,6 +157,7 @@ class DualLoopTrainer:
         self._cv_seen_max = np.full(spec.dim, -np.inf)
         self.replay = (CVStratifiedReplayBuffer(settings.replay_buffer_size)
                        if settings.replay_buffer_size > 0 else None)
+        self._pending = None  # (fresh batch, energy, cv, coverage, start time) between draw and learn
 
     # ----------------------------------------------------------------- schedule
     def beta_at(self, iteration: int) -> float:
@@ -202,18 +203,38 @@ class DualLoopTrainer:
 
     def step(self) -> IterationRecord:
         """Run one outer iteration and return its record."""
+        cv = self.draw()
+        if self.bias_active_at(self.iteration):
+            self.bias.deposit(cv)
+        return self.learn()
+
+    def draw(self) -> np.ndarray:
+        """First half of an outer iteration: a fresh batch from the EMA sampler with its
+        energies and CVs, kept for :meth:`learn`.  Returns the CVs, float64 (B, d): the
+        hills this iteration deposits (by :meth:`step`, or by a multiple-walker coordinator)."""
         start = time.perf_counter()
+        fresh = self.ema_sampler.sample(self.settings.batch_size, self.generator)
+        energy = self.energy_fn(fresh.x)
+        cv = self.system.cv(fresh.x)
+        self.energy_evaluations += self.settings.batch_size
+        coverage = self._update_coverage(cv)
+        self._pending = (fresh, energy, cv, coverage, start)
+        return cv.numpy().astype(np.float64)
+
+    def learn(self, deposits=None, values=None) -> IterationRecord:
+        """Second half: N_inner WDCE steps on the drawn batch, weighted under V after this
+        iteration's deposits.  A coordinator that deposited elsewhere passes ``deposits``
+        [(centres (B, d), heights (B,)) in deposit order] and ``values`` (V after them);
+        they are logged into this trainer's copy of the bias first."""
+        if self._pending is None:
+            raise RuntimeError("learn() needs a batch from draw() first")
+        fresh, energy, cv, coverage, start = self._pending
+        self._pending = None
         s = self.settings
         beta = self.beta_at(self.iteration)
         bias_on = self.bias_active_at(self.iteration)
-
-        fresh = self.ema_sampler.sample(s.batch_size, self.generator)
-        energy = self.energy_fn(fresh.x)
-        cv = self.system.cv(fresh.x)
-        self.energy_evaluations += s.batch_size
-        coverage = self._update_coverage(cv)
-        if bias_on:
-            self.bias.deposit(cv.numpy())
+        for centres, heights in deposits or ():
+            self.bias.record_deposit(centres, heights, values)
 
         # Weights under the target the next N_inner steps train towards (V after deposition).
         train_x = fresh.x
@@ -260,18 +281,16 @@ class DualLoopTrainer:
     def train(self, progress: bool = True, on_iteration=None) -> list[IterationRecord]:
         """Run the remaining outer iterations; ``on_iteration(trainer)`` after each one
         (the runner checkpoints there). Returns the full history."""
-        bar = tqdm(total=self.total_iterations, initial=self.iteration,
-                   desc="outer iteration", disable=not progress, dynamic_ncols=True)
-        with bar:
-            while not self.finished:
-                record = self.step()
-                bar.update(1)
-                bar.set_postfix(loss=f"{record.loss:.3g}", ess=f"{record.ess_fraction:.2f}",
-                                maxV_kT=f"{record.max_bias_kT:.2f}",
-                                coverage=f"{record.cv_coverage:.2f}", refresh=False)
-                if on_iteration is not None:
-                    on_iteration(self)
-        return self.history
+        return _train_loop(self, progress, on_iteration)
+
+    def sample_final(self, n: int, batch_size: int | None = None):
+        """n fresh samples (SampleBatch) from the EMA sampler, drawn with the trainer's generator."""
+        return self.ema_sampler.sample(n, self.generator, batch_size=batch_size)
+
+    def start_from(self, ema_state: dict) -> None:
+        """Set the sampler and its EMA copy to a trained EMA sampler's weights (warm start)."""
+        self.sampler.load_state_dict(ema_state)
+        self.ema_sampler.load_state_dict(ema_state)
 
     # ----------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
@@ -292,6 +311,9 @@ class DualLoopTrainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        if "walkers" in state:
+            raise ValueError(f"checkpoint holds {len(state['walkers'])} walkers, this run trains one; "
+                             "resume with the same training.walkers")
         self.iteration = int(state["iteration"])
         self.gradient_steps = int(state["gradient_steps"])
         self.energy_evaluations = int(state["energy_evaluations"])
@@ -307,4 +329,123 @@ class DualLoopTrainer:
         if self.replay is not None and state["replay"] is not None:
             self.replay.load_state_dict(state["replay"])
         self._cv_seen_min, self._cv_seen_max = (np.asarray(a) for a in state["cv_seen"])
+        self.history = [IterationRecord(**r) for r in state["history"]]
+
+
+def _train_loop(trainer, progress: bool, on_iteration) -> list[IterationRecord]:
+    """Outer iterations of ``trainer`` (DualLoopTrainer or MultiWalkerTrainer) until finished,
+    with a progress bar; ``on_iteration(trainer)`` after each."""
+    bar = tqdm(total=trainer.total_iterations, initial=trainer.iteration,
+               desc="outer iteration", disable=not progress, dynamic_ncols=True)
+    with bar:
+        while not trainer.finished:
+            record = trainer.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{record.loss:.3g}", ess=f"{record.ess_fraction:.2f}",
+                            maxV_kT=f"{record.max_bias_kT:.2f}",
+                            coverage=f"{record.cv_coverage:.2f}", refresh=False)
+            if on_iteration is not None:
+                on_iteration(trainer)
+    return trainer.history
+
+
+def call_in_order(walkers, method: str, per_walker_args=None) -> list:
+    """``getattr(walker, method)(*args)`` for each walker in order (walkers in this process)."""
+    args = per_walker_args if per_walker_args is not None else [()] * len(walkers)
+    return [getattr(walker, method)(*a) for walker, a in zip(walkers, args)]
+
+
+class MultiWalkerTrainer:
+    """Multiple-walker MetaDNS: several DualLoopTrainers ("walkers", each with its own
+    sampler, optimiser, generator and copy of the bias) that fill one shared bias.
+
+    One round (outer iteration): every walker draws a fresh batch; the walkers' hills are
+    deposited into the shared ``bias`` in walker order (one deposit call per walker, each
+    against V as the previous walker left it); every walker logs all those hills into its
+    copy and trains under the common V.  Deposition order is fixed, so the result does not
+    depend on where walkers run: ``call(walkers, method, per_walker_args)`` maps a method
+    over them and returns the results in walker order (in turn here; in parallel for Ray
+    actors).  Final samples are split evenly over the walkers' EMA samplers; each keeps its
+    own log q, so likelihood weights π/q_w stay exact and pool into one estimate.
+    """
+
+    def __init__(self, walkers: list, bias: WellTemperedGridBias | None, beta: float,
+                 settings: TrainingConfig, warmstart: bool, cv_spec, call=call_in_order):
+        if len(walkers) < 2:
+            raise ValueError(f"a multiple-walker trainer needs at least 2 walkers, got {len(walkers)}")
+        self.walkers = walkers
+        self.bias = bias
+        self.beta = float(beta)
+        self.settings = settings
+        self.warmstart_iterations = settings.warmstart_iterations if warmstart else 0
+        self.total_iterations = settings.outer_iterations + self.warmstart_iterations
+        self.call = call
+        self.iteration = 0
+        self.energy_evaluations = 0
+        self.elapsed_s = 0.0
+        self.history: list[IterationRecord] = []
+        self._cv_lower = np.asarray(cv_spec.lower, dtype=np.float64)
+        self._cv_range = np.asarray(cv_spec.upper, dtype=np.float64) - self._cv_lower
+        self._cv_seen = (np.full(cv_spec.dim, np.inf), np.full(cv_spec.dim, -np.inf))
+
+    @property
+    def finished(self) -> bool:
+        return self.iteration >= self.total_iterations
+
+    def step(self) -> IterationRecord:
+        """One round; returns the combined record (mean loss and ESS over walkers, coverage
+        of all walkers' fresh samples together, hills and energies of all walkers)."""
+        start = time.perf_counter()
+        cvs = self.call(self.walkers, "draw")
+        deposits, values = [], None
+        if self.bias is not None and self.iteration >= self.warmstart_iterations:
+            deposits = [(cv, self.bias.deposit(cv)) for cv in cvs]
+            values = self.bias.values
+        records = self.call(self.walkers, "learn", [(deposits, values)] * len(self.walkers))
+        everything = np.concatenate(cvs)
+        self._cv_seen = (np.minimum(self._cv_seen[0], everything.min(axis=0)),
+                         np.maximum(self._cv_seen[1], everything.max(axis=0)))
+        self.iteration += 1
+        self.energy_evaluations += sum(len(cv) for cv in cvs)
+        self.elapsed_s += time.perf_counter() - start
+        beta = records[0].beta
+        record = IterationRecord(
+            iteration=self.iteration, beta=beta,
+            loss=float(np.mean([r.loss for r in records])),
+            ess_fraction=float(np.mean([r.ess_fraction for r in records])),
+            max_bias_kT=float(self.bias.values.max() * beta) if self.bias is not None else 0.0,
+            cv_coverage=float(np.min((self._cv_seen[1] - self._cv_seen[0]) / self._cv_range)),
+            n_hills=int(self.bias.n_hills) if self.bias is not None else 0,
+            energy_evaluations=self.energy_evaluations, wall_time_s=self.elapsed_s)
+        self.history.append(record)
+        return record
+
+    def train(self, progress: bool = True, on_iteration=None) -> list[IterationRecord]:
+        """Run the remaining rounds (see DualLoopTrainer.train)."""
+        return _train_loop(self, progress, on_iteration)
+
+    def sample_final(self, n: int, batch_size: int | None = None):
+        """n samples, split as evenly as possible over the walkers (walker order)."""
+        counts = [n // len(self.walkers) + (w < n % len(self.walkers)) for w in range(len(self.walkers))]
+        batches = self.call(self.walkers, "sample_final", [(c, batch_size) for c in counts])
+        return type(batches[0])(*(torch.cat([getattr(b, f) for b in batches]) for f in ("x", "order", "log_q")))
+
+    def state_dict(self) -> dict:
+        return {"walkers": self.call(self.walkers, "state_dict"), "iteration": self.iteration,
+                "energy_evaluations": self.energy_evaluations, "elapsed_s": self.elapsed_s,
+                "bias": self.bias.state_dict() if self.bias is not None else None,
+                "cv_seen": (self._cv_seen[0].copy(), self._cv_seen[1].copy()),
+                "history": [dataclasses.asdict(r) for r in self.history]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "walkers" not in state or len(state["walkers"]) != len(self.walkers):
+            raise ValueError(f"checkpoint holds {len(state.get('walkers', [None]))} walker(s), this run has "
+                             f"{len(self.walkers)}; resume with the same training.walkers")
+        self.call(self.walkers, "load_state_dict", [(s,) for s in state["walkers"]])
+        if self.bias is not None:
+            self.bias.load_state_dict(state["bias"])
+        self.iteration = int(state["iteration"])
+        self.energy_evaluations = int(state["energy_evaluations"])
+        self.elapsed_s = float(state["elapsed_s"])
+        self._cv_seen = tuple(np.asarray(a) for a in state["cv_seen"])
         self.history = [IterationRecord(**r) for r in state["history"]]

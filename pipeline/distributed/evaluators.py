@@ -5,8 +5,9 @@ its own process from the validated config (icet objects cannot be pickled; MACE 
 large).  One :class:`EvaluatorPool` actor per campaign sits in front of them: it splits large
 requests across evaluators, coalesces concurrent requests (several trainers) into one call of
 at most ``max_batch`` configurations, keeps at most ``max_in_flight`` calls queued per
-evaluator (callers wait beyond that: back-pressure), and retries a call on another evaluator
-when its actor died (dead actors are restarted by Ray).
+evaluator (callers wait beyond that: back-pressure).  A dead evaluator is restarted by Ray
+and the calls it held are retried (by Ray, and by the pool on the next evaluator should a
+call fail anyway), for up to ``retry_timeout_s`` seconds.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,9 +29,10 @@ from pipeline.runner import build_system
 MIN_CHUNK = 32
 """Smallest piece a request is split into for parallel evaluation (configurations)."""
 RETRY_DELAY_S = 0.2
+"""First pause before a failed call is retried; pauses grow linearly up to 10× this."""
 
 
-@ray.remote(max_restarts=-1)
+@ray.remote(max_restarts=-1, max_task_retries=-1)
 class EnergyEvaluator:
     """Evaluates energies of the configured system in its own process."""
 
@@ -57,14 +60,14 @@ class EvaluatorPool:
     """Serves ``energy(x)`` requests with ``size`` EnergyEvaluator actors (see module doc)."""
 
     def __init__(self, config_dict: dict, size: int, cpus_per_evaluator: float, max_batch: int,
-                 max_in_flight: int, retries: int = 5):
+                 max_in_flight: int, retry_timeout_s: float = 300.0):
         if size < 1:
             raise ValueError(f"size must be >= 1, got {size}")
         threads = max(1, int(cpus_per_evaluator))
         self._evaluators = [EnergyEvaluator.options(num_cpus=cpus_per_evaluator).remote(config_dict, threads)
                             for _ in range(size)]
         self._max_batch = max_batch
-        self._retries = retries
+        self._retry_timeout_s = retry_timeout_s
         self._in_flight = [0] * size
         self._capacity = asyncio.Semaphore(size * max_in_flight)
         self._queue: asyncio.Queue[_Chunk] = asyncio.Queue(maxsize=4 * size * max_in_flight)
@@ -131,18 +134,20 @@ class EvaluatorPool:
             self._capacity.release()
 
     async def _evaluate(self, index: int, x: np.ndarray) -> np.ndarray:
-        """One call, retried on the next evaluator while actors are dead or restarting."""
+        """One call, retried on the next evaluator while actors are dead or restarting (an
+        actor restart imports torch and rebuilds the backend: seconds on a busy machine)."""
+        deadline = time.monotonic() + self._retry_timeout_s
         attempt = 0
         while True:
             evaluator = self._evaluators[(index + attempt) % len(self._evaluators)]
             try:
                 return await evaluator.energy.remote(x)
             except (RayActorError, ActorUnavailableError):
-                if attempt == self._retries:
+                if time.monotonic() > deadline:
                     raise
                 attempt += 1
                 self._stats["retries"] += 1
-                await asyncio.sleep(RETRY_DELAY_S * attempt)
+                await asyncio.sleep(RETRY_DELAY_S * min(attempt, 10))
 
     def stats(self) -> dict:
         """Counters: requests, configurations, evaluator calls, coalesced calls, retries."""

@@ -24,6 +24,7 @@ from pipeline.distributed.bias_server import BiasClient
 from pipeline.distributed.evaluators import EvaluatorPool, PoolEnergy
 from pipeline.distributed.progress import ProgressBars, ProgressBoard, reporter
 from pipeline.distributed.session import cluster_cpus, cluster_gpus
+from pipeline.distributed.walkers import walker_factory
 from pipeline.runner import NEURAL_METHODS, UNBIASED_REFERENCES, Campaign, RunResult, RunServices, execute_run
 
 
@@ -35,17 +36,24 @@ PROGRESS_POLL_S = 0.5
 class RunActor:
     """Trainer actor: executes one run of a campaign in its own process."""
 
-    def execute(self, campaign: Campaign, spec: RunSpec, pool, board, threads: int) -> RunResult:
+    def execute(self, campaign: Campaign, spec: RunSpec, pool, board, threads: int,
+                walker_resources: tuple[float, float]) -> RunResult:
         torch.set_num_threads(threads)
         biases: list[BiasClient] = []
+        walkers: list = []
 
         def make_bias(bias):
             biases.append(BiasClient.start(bias))
             return biases[-1]
 
         services = RunServices(energy=PoolEnergy(pool) if pool is not None else None, make_bias=make_bias,
-                               report_progress=reporter(board, spec.run_name))
-        result = execute_run(campaign, spec, progress=False, services=services)
+                               report_progress=reporter(board, spec.run_name),
+                               make_walkers=walker_factory(pool, *walker_resources, threads, walkers))
+        try:
+            result = execute_run(campaign, spec, progress=False, services=services)
+        finally:
+            for walker in walkers:
+                ray.kill(walker)
         for client in biases:
             client.checkpoint(result.run_dir / "checkpoints" / "bias_server.pt")
         return result
@@ -87,22 +95,30 @@ def _jobs(campaigns: list[Campaign]) -> list[_Job]:
     return jobs
 
 
-def _resources(campaign: Campaign) -> tuple[float, float, float]:
-    """(CPUs, GPUs) one trainer actor asks for and the CPUs of the campaign's evaluator pool;
-    ConfigError if the cluster can never grant a run and its pool together."""
+def _resources(campaign: Campaign) -> tuple[float, float, float, float]:
+    """(CPUs, GPUs) of one trainer actor, CPUs of a run's walker actors (0 with one walker:
+    the trainer actor trains), and CPUs of the campaign's evaluator pool.  A multiple-walker
+    run's walkers each ask for the trainer's CPUs and GPUs; its trainer actor then only
+    coordinates, yet keeps its request (it samples at the end).  ConfigError if the cluster
+    can never grant a run, its walkers and its pool together."""
     d = campaign.config.distributed
+    walkers = campaign.config.training.walkers
     gpus = (1.0 if cluster_gpus() >= 1 else 0.0) if d.gpus_per_run == "auto" else float(d.gpus_per_run)
+    walker_cpus = d.cpus_per_run * walkers if walkers > 1 else 0.0
     pool_cpus = d.evaluators * d.cpus_per_evaluator
+    needed = d.cpus_per_run + walker_cpus + pool_cpus
     available = cluster_cpus()
-    if d.cpus_per_run + pool_cpus > available + 1e-9:
+    if needed > available + 1e-9:
         raise ConfigError("distributed.cpus_per_run",
-                          f"a run needs {d.cpus_per_run} CPU plus {d.evaluators} evaluator(s) × "
-                          f"{d.cpus_per_evaluator} CPU = {d.cpus_per_run + pool_cpus:g}, but the Ray cluster has "
-                          f"{available:g}; lower distributed.cpus_per_run / cpus_per_evaluator / evaluators")
-    if gpus > cluster_gpus() + 1e-9:
-        raise ConfigError("distributed.gpus_per_run", f"asks for {gpus:g} GPU per run but the Ray cluster has "
-                          f"{cluster_gpus():g}; use gpus_per_run: auto or 0")
-    return d.cpus_per_run, gpus, pool_cpus
+                          f"a run needs {d.cpus_per_run} CPU for its trainer, {walker_cpus:g} for its "
+                          f"{walkers} walker(s) and {d.evaluators} evaluator(s) × {d.cpus_per_evaluator} CPU: "
+                          f"{needed:g} in all, but the Ray cluster has {available:g}; lower "
+                          "distributed.cpus_per_run / cpus_per_evaluator / evaluators or training.walkers")
+    gpus_needed = gpus * (1 + (walkers if walkers > 1 else 0))
+    if gpus_needed > cluster_gpus() + 1e-9:
+        raise ConfigError("distributed.gpus_per_run", f"a run needs {gpus_needed:g} GPU(s) but the Ray cluster "
+                          f"has {cluster_gpus():g}; use gpus_per_run: auto or 0")
+    return d.cpus_per_run, gpus, walker_cpus, pool_cpus
 
 
 def start_evaluator_pool(campaign: Campaign):
@@ -186,10 +202,10 @@ class _Scheduler:
 
     def _try_launch(self, job: _Job) -> None:
         root = str(job.campaign.root)
-        cpus, gpus, pool_cpus = self.needs[root]
+        cpus, gpus, walker_cpus, pool_cpus = self.needs[root]
         starts_pool = root not in self.live_pools and root not in self.given_pools and pool_cpus > 0
         actor = next((a for shape, a in self.idle if shape == (cpus, gpus)), None)
-        cost = (pool_cpus if starts_pool else 0.0) + (0.0 if actor is not None else cpus)
+        cost = (pool_cpus if starts_pool else 0.0) + (0.0 if actor is not None else cpus) + walker_cpus
         while cost > self.free_cpus + 1e-9 and any(a is not actor for _, a in self.idle):
             (shape, spare) = next((shape, a) for shape, a in self.idle if a is not actor)
             self.idle.remove((shape, spare))
@@ -206,7 +222,9 @@ class _Scheduler:
         self.free_cpus -= cost
         pool = self.given_pools.get(root, self.live_pools.get(root))
         threads = job.campaign.config.training.threads or max(1, int(cpus))
-        ref = actor.execute.remote(job.campaign, job.spec, pool, self.board, threads)
+        walkers = job.campaign.config.training.walkers
+        ref = actor.execute.remote(job.campaign, job.spec, pool, self.board, threads,
+                                   (walker_cpus / walkers if walker_cpus else cpus, gpus))
         self.running[ref] = (job, actor, time.perf_counter())
         del self.waiting[job.key]
         self.bar.write(f"== {_label(job)} started")
@@ -214,7 +232,8 @@ class _Scheduler:
     def _collect(self, ref: ray.ObjectRef) -> None:
         job, actor, start = self.running.pop(ref)
         root = str(job.campaign.root)
-        cpus, gpus, pool_cpus = self.needs[root]
+        cpus, gpus, walker_cpus, pool_cpus = self.needs[root]
+        self.free_cpus += walker_cpus
         try:
             self.results[job.key] = ray.get(ref)
             self.bar.write(f"== {_label(job)} finished in {time.perf_counter() - start:.1f} s")

@@ -49,6 +49,8 @@ ALLOY = {  # a grid of two Δμ points, each a temperature ladder warm-started f
     "distributed": {"evaluators": 1, "cpus_per_run": 0.5},
     "grid": {"system.delta_mu": [-0.05, 0.05]},
 }
+WALKERS = {**ISING, "methods": ["metadns"], "training": {**ISING["training"], "walkers": 2},
+           "distributed": {"evaluators": 1, "cpus_per_run": 0.5}}  # trainer + 2 walker actors + 1 evaluator
 COMPARED_FILES = ("observables", "fes", "histograms", "samples")
 
 
@@ -72,7 +74,8 @@ def inline_and_ray(raw: dict, name: str, tmp_path: Path, pool=None):
     return inline, distributed, results
 
 
-@pytest.mark.parametrize("raw,name", [(ISING, "ising4"), (ALLOY, "cuau8")], ids=["ising", "cu-au grid"])
+@pytest.mark.parametrize("raw,name", [(ISING, "ising4"), (ALLOY, "cuau8"), (WALKERS, "walkers")],
+                         ids=["ising", "cu-au grid", "two walkers"])
 def test_ray_campaign_equals_single_process_run(local_ray, tmp_path, raw, name):
     points = grid_points(config_from_dict(raw, name))
     inline = [prepare_campaign(config, tmp_path / "inline", False, tag) for tag, config in points]
