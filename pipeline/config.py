@@ -95,6 +95,8 @@ SYSTEM_NAMES: tuple[str, ...] = tuple(BOLTZMANN_CONSTANT)
 
 INITIALISATIONS: tuple[str, ...] = ("none", "previous_temperature")
 """Values of ``training.initialise_from``."""
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+"""Values of ``training.device``."""
 DENOISERS: tuple[str, ...] = ("lattice", "transformer")
 SCHEDULES: tuple[str, ...] = ("uniform", "cosine")
 """Denoiser networks accepted in ``sampler.denoiser``."""
@@ -233,6 +235,8 @@ class TrainingConfig:
     preceding temperature of the list (warm start along a temperature ladder; the bias
     starts empty, since it belongs to its temperature).  ``walkers`` > 1 trains that many
     samplers on one shared bias (multiple-walker MetaDNS; see MultiWalkerTrainer).
+    ``device``: where the networks train and sample (``auto``: CUDA when visible, else CPU;
+    energies, CVs and weights stay on the CPU in float64).
     """
 
     outer_iterations: int = 500
@@ -249,6 +253,7 @@ class TrainingConfig:
     threads: int | None = None
     initialise_from: str = "none"
     walkers: int = 1
+    device: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -675,6 +680,7 @@ def _parse_training(raw: Mapping) -> TrainingConfig:
         threads=None if threads is None else _int(threads, "training.threads", ge=1, example="`threads: null` (all cores) or `threads: 4`"),
         initialise_from=_choice(get("initialise_from"), "training.initialise_from", INITIALISATIONS),
         walkers=_int(get("walkers"), "training.walkers", ge=1, example="`walkers: 4`"),
+        device=_choice(get("device"), "training.device", DEVICES),
     )
 
 

@@ -187,6 +187,7 @@ def prepare_campaign(config: Config, out_root: Path, resume: bool, point: str = 
     for spec in runs:
         build_bias(config, system, spec.beta, config.training.batch_size)
     if any(spec.method in NEURAL_METHODS for spec in runs):
+        training_device(config)  # a GPU asked for but not visible is a configuration error
         try:
             build_sampler(config, system)
         except ValueError as error:
@@ -326,9 +327,18 @@ def build_walker(config: Config, spec: RunSpec, system, seed: int, energy_fn, bi
     """One trainer of a run: its sampler initialised from ``seed`` (all later randomness comes
     from its generator, seeded with ``seed`` too), training towards π_V with ``bias``."""
     torch.manual_seed(seed)  # parameter initialisation only; all sampling uses explicit generators
-    sampler = build_sampler(config, system)
+    sampler = build_sampler(config, system).to(training_device(config))
     return DualLoopTrainer(system, sampler, spec.beta, config.training, bias=bias, seed=seed,
                            warmstart=spec.method == "mdns-warmstart", energy_fn=energy_fn)
+
+
+def training_device(config: Config) -> torch.device:
+    """The device of ``training.device`` (``auto``: CUDA when visible, else CPU)."""
+    wanted = config.training.device
+    if wanted == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("training.device", "is cuda but no CUDA device is visible to this process; "
+                                             "use auto or cpu, or run on a GPU node")
+    return torch.device("cuda" if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()) else "cpu")
 
 
 def walker_seed(run_seed: int, index: int) -> int:
@@ -358,7 +368,7 @@ def _trainer(ctx: RunContext, energy_fn):
 def _start_from_previous_temperature(trainer, run_dir: Path) -> None:
     """Warm start: each walker takes the EMA sampler of the finished run in ``run_dir`` (its
     walker of the same index, modulo that run's walker count)."""
-    trained = torch.load(run_dir / "checkpoints" / "checkpoint.pt", weights_only=False)
+    trained = torch.load(run_dir / "checkpoints" / "checkpoint.pt", weights_only=False, map_location="cpu")
     states = [w["ema_sampler"] for w in trained["walkers"]] if "walkers" in trained else [trained["ema_sampler"]]
     if isinstance(trainer, MultiWalkerTrainer):
         trainer.call(trainer.walkers, "start_from", [(states[w % len(states)],) for w in range(len(trainer.walkers))])
@@ -374,7 +384,7 @@ def _run_neural(ctx: RunContext) -> dict:
     bias = trainer.bias
     checkpoint = ctx.run_dir / "checkpoints" / "checkpoint.pt"
     if checkpoint.exists():
-        trainer.load_state_dict(torch.load(checkpoint, weights_only=False))
+        trainer.load_state_dict(torch.load(checkpoint, weights_only=False, map_location="cpu"))
     elif ctx.initial_sampler_from is not None:
         _start_from_previous_temperature(trainer, ctx.initial_sampler_from)
 

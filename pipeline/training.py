@@ -213,7 +213,7 @@ class DualLoopTrainer:
         energies and CVs, kept for :meth:`learn`.  Returns the CVs, float64 (B, d): the
         hills this iteration deposits (by :meth:`step`, or by a multiple-walker coordinator)."""
         start = time.perf_counter()
-        fresh = self.ema_sampler.sample(self.settings.batch_size, self.generator)
+        fresh = _on_cpu(self.ema_sampler.sample(self.settings.batch_size, self.generator))
         energy = self.energy_fn(fresh.x)
         cv = self.system.cv(fresh.x)
         self.energy_evaluations += self.settings.batch_size
@@ -284,8 +284,9 @@ class DualLoopTrainer:
         return _train_loop(self, progress, on_iteration)
 
     def sample_final(self, n: int, batch_size: int | None = None):
-        """n fresh samples (SampleBatch) from the EMA sampler, drawn with the trainer's generator."""
-        return self.ema_sampler.sample(n, self.generator, batch_size=batch_size)
+        """n fresh samples (SampleBatch, on the CPU) from the EMA sampler, drawn with the
+        trainer's generator."""
+        return _on_cpu(self.ema_sampler.sample(n, self.generator, batch_size=batch_size))
 
     def start_from(self, ema_state: dict) -> None:
         """Set the sampler and its EMA copy to a trained EMA sampler's weights (warm start)."""
@@ -330,6 +331,11 @@ class DualLoopTrainer:
             self.replay.load_state_dict(state["replay"])
         self._cv_seen_min, self._cv_seen_max = (np.asarray(a) for a in state["cv_seen"])
         self.history = [IterationRecord(**r) for r in state["history"]]
+
+
+def _on_cpu(batch):
+    """A SampleBatch with its tensors on the CPU (energies, CVs and weights are computed there)."""
+    return type(batch)(batch.x.cpu(), batch.order.cpu(), batch.log_q.cpu())
 
 
 def _train_loop(trainer, progress: bool, on_iteration) -> list[IterationRecord]:

@@ -100,3 +100,14 @@ def test_multi_walker_reweighting_matches_exact_enumeration(tmp_path):
         assert 0 < stderr < 0.05
         assert abs(value - exact[name]) < 3 * stderr, (name, value, stderr, exact[name])
     assert result.summary["hills"] == 2 * 40 * 64
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error shown where no GPU is visible")
+def test_cuda_device_without_a_gpu_is_a_config_error(tmp_path):
+    from pipeline.config import ConfigError
+
+    config = config_from_dict({**TINY, "training": {**TINY["training"], "device": "cuda"}}, "gpu")
+    with pytest.raises(ConfigError) as error:
+        prepare_campaign(config, tmp_path, resume=False)
+    assert error.value.field == "training.device"
+    assert not any(tmp_path.iterdir())
