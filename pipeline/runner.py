@@ -473,6 +473,8 @@ def _run_neural(ctx: RunContext) -> dict:
         warnings.append(f"fresh samples spanned only {coverage:.0%} of the CV range during training: "
                         "the sampler may have missed a mode (ESS alone does not reveal mode collapse)")
     extra = {"initialised_from": ctx.initial_sampler_from.name} if ctx.initial_sampler_from else {}
+    if t.walkers > 1:
+        extra["walker_seeds"] = [walker_seed(ctx.seed, w) for w in range(t.walkers)]
     return _summary(ctx, warnings, **extra, ess_fraction=ess_fraction, cv_coverage=coverage,
                     mh_acceptance=acceptance, training_wall_time_s=trainer.elapsed_s,
                     generation_wall_time_s=generation_s, n_samples=n,

@@ -100,6 +100,7 @@ def test_multi_walker_reweighting_matches_exact_enumeration(tmp_path):
         assert 0 < stderr < 0.05
         assert abs(value - exact[name]) < 3 * stderr, (name, value, stderr, exact[name])
     assert result.summary["hills"] == 2 * 40 * 64
+    assert result.summary["walker_seeds"] == [derive_seed(result.summary["seed"], f"walker{w}") for w in range(2)]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error shown where no GPU is visible")
