@@ -287,15 +287,17 @@ class ReferenceConfig:
 class DistributedConfig:
     """How the Ray executor lays a run onto actors (results do not depend on it).
 
-    ``evaluators``: energy-evaluator actors serving the runs of this config (0: trainers
-    compute energies in-process); ``cpus_per_evaluator`` / ``cpus_per_run`` are Ray CPU
+    ``evaluators``: energy-evaluator actors serving the runs of this config (0, the default:
+    trainers compute energies in-process — right for cheap energies such as cluster
+    expansions, which cost less than sending a configuration to another process; use ≥ 1
+    for expensive backends such as MACE or ASE calculators); ``cpus_per_evaluator`` / ``cpus_per_run`` are Ray CPU
     requests (fractions allowed, so a 2-core machine never deadlocks); ``gpus_per_run``
     "auto" requests one GPU per trainer when the cluster has any; ``max_batch`` caps the
     configurations per evaluator call (requests are split and coalesced to it);
     ``max_in_flight`` calls queued per evaluator before callers wait (back-pressure).
     """
 
-    evaluators: int = 1
+    evaluators: int = 0
     cpus_per_evaluator: float = 0.25
     cpus_per_run: float = 1.0
     gpus_per_run: float | str = "auto"

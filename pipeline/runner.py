@@ -493,7 +493,9 @@ def _run_reference(ctx: RunContext) -> dict:
     elif spec.method == "metropolis":
         record = run_metropolis(system, spec.beta, r.chains, r.sweeps, r.burn_in, generator, ctx.progress)
     else:
-        bias = _run_bias(ctx, r.chains)
+        # The chains deposit once per sweep from one process: a local bias (a bias server
+        # would add a round trip per sweep and share nothing).
+        bias = build_bias(config, system, spec.beta, r.chains)
         reference_fes = ctx.reference.fes_kT if ctx.reference is not None else None
         record = run_mcmc_metadynamics(system, spec.beta, bias, r.chains, r.sweeps, r.burn_in,
                                        r.deposit_every, generator, reference_fes, ctx.progress)

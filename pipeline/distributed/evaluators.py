@@ -13,6 +13,7 @@ call fail anyway), for up to ``retry_timeout_s`` seconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import time
@@ -148,6 +149,14 @@ class EvaluatorPool:
                 attempt += 1
                 self._stats["retries"] += 1
                 await asyncio.sleep(RETRY_DELAY_S * min(attempt, 10))
+
+    async def close(self) -> None:
+        """Stop the dispatcher (before the pool is killed, so no task is left pending)."""
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._dispatcher
+            self._dispatcher = None
 
     def stats(self) -> dict:
         """Counters: requests, configurations, evaluator calls, coalesced calls, retries."""

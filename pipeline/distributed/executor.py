@@ -193,7 +193,7 @@ class _Scheduler:
             for _, actor in self.idle:
                 ray.kill(actor)
             for pool in self.live_pools.values():
-                ray.kill(pool)
+                _stop_pool(pool)
         if self.failure is not None:
             raise self.failure
         if self.waiting:
@@ -245,9 +245,14 @@ class _Scheduler:
             self.free_cpus += cpus
         self.remaining[root] -= 1
         if self.remaining[root] == 0 and root in self.live_pools:
-            ray.kill(self.live_pools.pop(root))
+            _stop_pool(self.live_pools.pop(root))
             self.free_cpus += pool_cpus
         self.bar.update(1)
+
+
+def _stop_pool(pool) -> None:
+    ray.get(pool.close.remote())
+    ray.kill(pool)
 
 
 def _label(job: _Job) -> str:
