@@ -116,9 +116,13 @@ class ReferenceData:
 
 @dataclass
 class RunResult:
+    """A finished run: its spec, folder and summary.json content; ``node`` names the Ray node
+    that executed it ("" in-process; not written to disk)."""
+
     spec: RunSpec
     run_dir: Path
     summary: dict = field(default_factory=dict)
+    node: str = ""
 
 
 # ----------------------------------------------------------------------------- setup

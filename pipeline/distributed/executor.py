@@ -56,6 +56,7 @@ class RunActor:
                 ray.kill(walker)
         for client in biases:
             client.checkpoint(result.run_dir / "checkpoints" / "bias_server.pt")
+        result.node = ray.get_runtime_context().get_node_id()
         return result
 
     def pid(self) -> int:
@@ -236,7 +237,8 @@ class _Scheduler:
         self.free_cpus += walker_cpus
         try:
             self.results[job.key] = ray.get(ref)
-            self.bar.write(f"== {_label(job)} finished in {time.perf_counter() - start:.1f} s")
+            self.bar.write(f"== {_label(job)} finished in {time.perf_counter() - start:.1f} s "
+                           f"on node {self.results[job.key].node[:8]}")
             self.idle.append(((cpus, gpus), actor))
         except Exception as error:  # noqa: BLE001 - re-raised once running runs have ended
             self.failure = self.failure or error

@@ -15,7 +15,8 @@ def local_ray():
     """Ray with 2 CPUs; code under test reuses it (ray_session leaves an initialised Ray alone)."""
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+                 log_to_driver=False)
     yield ray
     if started:
         ray.shutdown()
