@@ -350,21 +350,25 @@ def walker_seed(run_seed: int, index: int) -> int:
     return derive_seed(run_seed, f"walker{index}")
 
 
+def build_run_walker(config: Config, spec: RunSpec, system, run_seed: int, index: int, energy_fn) -> DualLoopTrainer:
+    """Walker ``index`` of a multiple-walker run: its own seed and its own copy of the bias
+    (which the MultiWalkerTrainer keeps equal to the shared one)."""
+    bias = build_bias(config, system, spec.beta, config.training.batch_size) if spec.method == "metadns" else None
+    return build_walker(config, spec, system, walker_seed(run_seed, index), energy_fn, bias)
+
+
 def _trainer(ctx: RunContext, energy_fn):
     """The run's DualLoopTrainer, or a MultiWalkerTrainer with ``training.walkers`` > 1 (walkers
     in this process, or Ray actors from ``services.make_walkers``)."""
     config, spec, system = ctx.config, ctx.spec, ctx.system
     t = config.training
-    biased = spec.method == "metadns"
-    bias = _run_bias(ctx, t.batch_size) if biased else None
+    bias = _run_bias(ctx, t.batch_size) if spec.method == "metadns" else None
     if t.walkers == 1:
         return build_walker(config, spec, system, ctx.seed, energy_fn, bias)
     if ctx.services.make_walkers is not None:
         walkers, call = ctx.services.make_walkers(ctx)
     else:
-        walkers = [build_walker(config, spec, system, walker_seed(ctx.seed, w), energy_fn,
-                                build_bias(config, system, spec.beta, t.batch_size) if biased else None)
-                   for w in range(t.walkers)]
+        walkers = [build_run_walker(config, spec, system, ctx.seed, w, energy_fn) for w in range(t.walkers)]
         call = call_in_order
     return MultiWalkerTrainer(walkers, bias, spec.beta, t, spec.method == "mdns-warmstart", system.cv_spec, call)
 

@@ -113,6 +113,29 @@ class CVStratifiedReplayBuffer:
         self.x, self.log_q, self.stratum = state["x"], state["log_q"], state["stratum"]
 
 
+class CVRangeSeen:
+    """Running min and max of the CVs of fresh samples; ``coverage`` is the smallest fraction
+    of a CV dimension's range they span (a mode-collapse warning sign, not an estimate)."""
+
+    def __init__(self, cv_spec):
+        self._lower = np.asarray(cv_spec.lower, dtype=np.float64)
+        self._range = np.asarray(cv_spec.upper, dtype=np.float64) - self._lower
+        self.low = np.full(cv_spec.dim, np.inf)
+        self.high = np.full(cv_spec.dim, -np.inf)
+
+    def update(self, cv: np.ndarray) -> float:
+        """Widen by CV values (B, d); returns the coverage so far."""
+        self.low = np.minimum(self.low, cv.min(axis=0))
+        self.high = np.maximum(self.high, cv.max(axis=0))
+        return float(((self.high - self.low) / self._range).min())
+
+    def state(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.low.copy(), self.high.copy()
+
+    def load(self, state) -> None:
+        self.low, self.high = (np.asarray(a) for a in state)
+
+
 class DualLoopTrainer:
     """Trains a MaskedDiffusionSampler on π_V ∝ exp(−β[E + V]) with the dual loop.
 
@@ -153,8 +176,7 @@ class DualLoopTrainer:
         self._cv_lower = np.asarray(spec.lower, dtype=np.float64)
         self._cv_upper = np.asarray(spec.upper, dtype=np.float64)
         self._cv_spacing = np.asarray(spec.spacing, dtype=np.float64)
-        self._cv_seen_min = np.full(spec.dim, np.inf)
-        self._cv_seen_max = np.full(spec.dim, -np.inf)
+        self._cv_seen = CVRangeSeen(spec)
         self.replay = (CVStratifiedReplayBuffer(settings.replay_buffer_size)
                        if settings.replay_buffer_size > 0 else None)
         self._pending = None  # (fresh batch, energy, cv, coverage, start time) between draw and learn
@@ -187,13 +209,6 @@ class DualLoopTrainer:
         n_nodes = np.rint((self._cv_upper - self._cv_lower) / self._cv_spacing).astype(np.int64) + 1
         return torch.from_numpy(np.ravel_multi_index(tuple(nodes.T), tuple(n_nodes)))
 
-    def _update_coverage(self, cv: torch.Tensor) -> float:
-        values = cv.numpy()
-        self._cv_seen_min = np.minimum(self._cv_seen_min, values.min(axis=0))
-        self._cv_seen_max = np.maximum(self._cv_seen_max, values.max(axis=0))
-        spanned = (self._cv_seen_max - self._cv_seen_min) / (self._cv_upper - self._cv_lower)
-        return float(spanned.min())
-
     def _ema_update(self) -> None:
         t = self.gradient_steps
         decay = min(self.settings.ema_decay_max, (1.0 + t) / (10.0 + t))
@@ -217,7 +232,7 @@ class DualLoopTrainer:
         energy = self.energy_fn(fresh.x)
         cv = self.system.cv(fresh.x)
         self.energy_evaluations += self.settings.batch_size
-        coverage = self._update_coverage(cv)
+        coverage = self._cv_seen.update(cv.numpy())
         self._pending = (fresh, energy, cv, coverage, start)
         return cv.numpy().astype(np.float64)
 
@@ -307,7 +322,7 @@ class DualLoopTrainer:
             "generator": self.generator.get_state(),
             "bias": self.bias.state_dict() if self.bias is not None else None,
             "replay": self.replay.state_dict() if self.replay is not None else None,
-            "cv_seen": (self._cv_seen_min.copy(), self._cv_seen_max.copy()),
+            "cv_seen": self._cv_seen.state(),
             "history": [dataclasses.asdict(r) for r in self.history],
         }
 
@@ -329,7 +344,7 @@ class DualLoopTrainer:
             self.bias.load_state_dict(state["bias"])
         if self.replay is not None and state["replay"] is not None:
             self.replay.load_state_dict(state["replay"])
-        self._cv_seen_min, self._cv_seen_max = (np.asarray(a) for a in state["cv_seen"])
+        self._cv_seen.load(state["cv_seen"])
         self.history = [IterationRecord(**r) for r in state["history"]]
 
 
@@ -390,9 +405,7 @@ class MultiWalkerTrainer:
         self.energy_evaluations = 0
         self.elapsed_s = 0.0
         self.history: list[IterationRecord] = []
-        self._cv_lower = np.asarray(cv_spec.lower, dtype=np.float64)
-        self._cv_range = np.asarray(cv_spec.upper, dtype=np.float64) - self._cv_lower
-        self._cv_seen = (np.full(cv_spec.dim, np.inf), np.full(cv_spec.dim, -np.inf))
+        self._cv_seen = CVRangeSeen(cv_spec)
 
     @property
     def finished(self) -> bool:
@@ -408,9 +421,7 @@ class MultiWalkerTrainer:
             deposits = [(cv, self.bias.deposit(cv)) for cv in cvs]
             values = self.bias.values
         records = self.call(self.walkers, "learn", [(deposits, values)] * len(self.walkers))
-        everything = np.concatenate(cvs)
-        self._cv_seen = (np.minimum(self._cv_seen[0], everything.min(axis=0)),
-                         np.maximum(self._cv_seen[1], everything.max(axis=0)))
+        coverage = self._cv_seen.update(np.concatenate(cvs))
         self.iteration += 1
         self.energy_evaluations += sum(len(cv) for cv in cvs)
         self.elapsed_s += time.perf_counter() - start
@@ -420,7 +431,7 @@ class MultiWalkerTrainer:
             loss=float(np.mean([r.loss for r in records])),
             ess_fraction=float(np.mean([r.ess_fraction for r in records])),
             max_bias_kT=float(self.bias.values.max() * beta) if self.bias is not None else 0.0,
-            cv_coverage=float(np.min((self._cv_seen[1] - self._cv_seen[0]) / self._cv_range)),
+            cv_coverage=coverage,
             n_hills=int(self.bias.n_hills) if self.bias is not None else 0,
             energy_evaluations=self.energy_evaluations, wall_time_s=self.elapsed_s)
         self.history.append(record)
@@ -440,7 +451,7 @@ class MultiWalkerTrainer:
         return {"walkers": self.call(self.walkers, "state_dict"), "iteration": self.iteration,
                 "energy_evaluations": self.energy_evaluations, "elapsed_s": self.elapsed_s,
                 "bias": self.bias.state_dict() if self.bias is not None else None,
-                "cv_seen": (self._cv_seen[0].copy(), self._cv_seen[1].copy()),
+                "cv_seen": self._cv_seen.state(),
                 "history": [dataclasses.asdict(r) for r in self.history]}
 
     def load_state_dict(self, state: dict) -> None:
@@ -453,5 +464,5 @@ class MultiWalkerTrainer:
         self.iteration = int(state["iteration"])
         self.energy_evaluations = int(state["energy_evaluations"])
         self.elapsed_s = float(state["elapsed_s"])
-        self._cv_seen = tuple(np.asarray(a) for a in state["cv_seen"])
+        self._cv_seen.load(state["cv_seen"])
         self.history = [IterationRecord(**r) for r in state["history"]]

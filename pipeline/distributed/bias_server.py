@@ -31,10 +31,6 @@ class BiasServer:
         self._hills_by_walker[walker] = self._hills_by_walker.get(walker, 0) + len(heights)
         return self._version, heights, self._bias.values
 
-    def snapshot(self) -> tuple[int, dict]:
-        """(version, state_dict) of the current bias."""
-        return self._version, self._bias.state_dict()
-
     def load(self, state: dict) -> int:
         """Replace the bias state (resuming a run); returns the new version."""
         self._bias.load_state_dict(state)

@@ -11,7 +11,6 @@ Seeds are the inline ones (``Campaign.seed_of``), so results equal ``--executor 
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -38,6 +37,7 @@ class RunActor:
 
     def execute(self, campaign: Campaign, spec: RunSpec, pool, board, threads: int,
                 walker_resources: tuple[float, float]) -> RunResult:
+        """``walker_resources``: (CPUs, GPUs) each walker actor of a multiple-walker run asks for."""
         torch.set_num_threads(threads)
         biases: list[BiasClient] = []
         walkers: list = []
@@ -58,9 +58,6 @@ class RunActor:
             client.checkpoint(result.run_dir / "checkpoints" / "bias_server.pt")
         result.node = ray.get_runtime_context().get_node_id()
         return result
-
-    def pid(self) -> int:
-        return os.getpid()
 
 
 @dataclass
@@ -223,9 +220,7 @@ class _Scheduler:
         self.free_cpus -= cost
         pool = self.given_pools.get(root, self.live_pools.get(root))
         threads = job.campaign.config.training.threads or max(1, int(cpus))
-        walkers = job.campaign.config.training.walkers
-        ref = actor.execute.remote(job.campaign, job.spec, pool, self.board, threads,
-                                   (walker_cpus / walkers if walker_cpus else cpus, gpus))
+        ref = actor.execute.remote(job.campaign, job.spec, pool, self.board, threads, (cpus, gpus))
         self.running[ref] = (job, actor, time.perf_counter())
         del self.waiting[job.key]
         self.bar.write(f"== {_label(job)} started")

@@ -13,7 +13,7 @@ import torch
 
 from pipeline.distributed.evaluators import PoolEnergy
 from pipeline.config import Config, RunSpec
-from pipeline.runner import RunContext, build_bias, build_system, build_walker, walker_seed
+from pipeline.runner import RunContext, build_run_walker, build_system
 
 
 @ray.remote(max_restarts=0)
@@ -24,8 +24,7 @@ class WalkerActor:
         torch.set_num_threads(threads)
         system = build_system(config)  # built here: energy backends may not pickle
         energy_fn = PoolEnergy(pool) if pool is not None else system.energy
-        bias = build_bias(config, system, spec.beta, config.training.batch_size) if spec.method == "metadns" else None
-        self._trainer = build_walker(config, spec, system, walker_seed(run_seed, index), energy_fn, bias)
+        self._trainer = build_run_walker(config, spec, system, run_seed, index, energy_fn)
 
     def draw(self):
         return self._trainer.draw()
