@@ -11,6 +11,7 @@ Seeds are the inline ones (``Campaign.seed_of``), so results equal ``--executor 
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -46,8 +47,19 @@ class RunActor:
             biases.append(BiasClient.start(bias))
             return biases[-1]
 
+        raylet = os.getppid()  # Ray's worker processes are children of their node's raylet
+        report = reporter(board, spec.run_name)
+
+        def report_or_stop(trainer) -> None:
+            # A killed driver takes the local raylet with it, but this process may live on
+            # for seconds; it must not keep training and checkpointing into a run folder
+            # that a resumed driver is about to use.
+            if os.getppid() != raylet:
+                os._exit(1)
+            report(trainer)
+
         services = RunServices(energy=PoolEnergy(pool) if pool is not None else None, make_bias=make_bias,
-                               report_progress=reporter(board, spec.run_name),
+                               report_progress=report_or_stop,
                                make_walkers=walker_factory(pool, *walker_resources, threads, walkers))
         try:
             result = execute_run(campaign, spec, progress=False, services=services)
