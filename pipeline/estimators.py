@@ -45,6 +45,7 @@ __all__ = [
     "js_divergence",
     "fes_from_samples",
     "fes_rmse",
+    "cost_to_target",
     "log_partition_function",
     "independence_metropolis_hastings",
     "autocorrelation_function",
@@ -514,6 +515,22 @@ def fes_rmse(free_energy, reference, align: str = "mean") -> tuple[float, float]
     if align == "mean":
         diff = diff - diff.mean()
     return float(np.sqrt(np.mean(diff**2))), float(both.sum() / ref_ok.sum())
+
+
+def cost_to_target(history, target_kT: float) -> dict[str, float]:
+    """Cost to accuracy from an FES-RMSE history [(hills, energy evaluations, RMSE k_BT), one
+    entry per deposition cycle, in order]: the cycles, hills and evaluations spent when the RMSE
+    first falls to ``target_kT`` or below (NaN if it never does), the final RMSE and the totals."""
+    if len(history) == 0:
+        raise ValueError("history is empty: it needs one (hills, evaluations, rmse) entry per deposition cycle")
+    hills, evaluations, rmse = (np.asarray(column, dtype=np.float64) for column in zip(*history))
+    reached = np.flatnonzero(rmse <= target_kT)
+    first = int(reached[0]) if reached.size else None
+    return {"cycles_to_target": math.nan if first is None else first + 1,
+            "hills_to_target": math.nan if first is None else float(hills[first]),
+            "evaluations_to_target": math.nan if first is None else float(evaluations[first]),
+            "final_rmse_kT": float(rmse[-1]), "cycles": len(rmse), "hills": float(hills[-1]),
+            "energy_evaluations": float(evaluations[-1])}
 
 
 def log_partition_function(log_w) -> tuple[float, float]:

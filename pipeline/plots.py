@@ -318,3 +318,34 @@ def plot_phase_diagram(path: str | Path, temperature: Any, kind: Sequence[str], 
     if title:
         figure.suptitle(title)
     return _save(figure, path)
+
+
+# ---------------------------------------------------------------------------- benchmarks
+__all__ += ["plot_fes_convergence"]
+
+
+def plot_fes_convergence(path: str | Path, panels: Mapping[str, Mapping[str, tuple[Any, Any]]],
+                         threshold_kT: float, x_label: str, title: str = "") -> Path:
+    """One panel per setting (e.g. per β), one line per method: FES RMSE in k_BT against a cost
+    (hills deposited, energy evaluations) on a log axis, with the target RMSE dashed.
+
+    ``panels`` maps panel title -> {method: (cost (T,), rmse_kT (T,))}.  Returns the path.
+    """
+    path = _check_png_path(path)
+    if not panels:
+        raise ValueError("panels must hold at least one title -> {method: (cost, rmse)} entry")
+    figure = Figure(figsize=(4.6 * len(panels), 3.8), layout="constrained")
+    axes = figure.subplots(1, len(panels), squeeze=False).ravel()
+    for ax, (panel, curves) in zip(axes, panels.items()):
+        for method, (cost, rmse) in curves.items():
+            cost = _vector(cost, f"panels[{panel!r}][{method!r}] cost")
+            ax.plot(cost, _vector(rmse, f"panels[{panel!r}][{method!r}] rmse", cost.size), label=method)
+        ax.axhline(threshold_kT, color="k", linestyle="--", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel(x_label)
+        ax.set_ylabel("FES RMSE / k_BT")
+        ax.set_title(panel)
+        ax.legend(fontsize="small")
+    if title:
+        figure.suptitle(title)
+    return _save(figure, path)

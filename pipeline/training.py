@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 
@@ -43,6 +44,7 @@ class IterationRecord:
     n_hills: int               # hills deposited so far
     energy_evaluations: int    # energies computed so far (one per fresh sample)
     wall_time_s: float         # seconds since the start of training (accumulated over resumes)
+    fes_rmse_kT: float = math.nan  # RMSE of the bias's F against a reference (runner; NaN: none)
 
 
 class CVStratifiedReplayBuffer:

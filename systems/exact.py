@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ from .base import LatticeSystem
 __all__ = [
     "MAX_ENUMERATED_STATES",
     "enumerate_states",
+    "iterate_states",
     "ExactEnsemble",
     "CVMarginal",
     "exact_ensemble",
@@ -30,30 +31,48 @@ MAX_ENUMERATED_STATES = 2**22
 BiasEnergy = Callable[[np.ndarray], np.ndarray]
 
 
+def _check_state_space(n_sites, n_states) -> tuple[int, int]:
+    for label, value, least in (("n_sites", n_sites, 1), ("n_states", n_states, 2)):
+        if isinstance(value, bool) or int(value) != value or value < least:
+            raise ValueError(f"{label} must be an integer >= {least}, got {value!r}")
+    if n_states > 127:
+        raise ValueError(f"n_states must be <= 127 to fit int8, got {n_states}")
+    return int(n_sites), int(n_states)
+
+
+def _states_in_range(start: int, stop: int, n_sites: int, n_states: int) -> torch.Tensor:
+    """Configurations ``start .. stop-1`` in lexicographic order, int8 ``(stop-start, D)``:
+    row k holds the base-q digits of k, site 0 the most significant digit."""
+    place_values = n_states ** torch.arange(n_sites - 1, -1, -1, dtype=torch.int64)
+    index = torch.arange(start, stop, dtype=torch.int64)
+    return torch.div(index[:, None], place_values, rounding_mode="floor").remainder_(n_states).to(torch.int8)
+
+
 def enumerate_states(n_sites: int, n_states: int) -> torch.Tensor:
     """All ``n_states ** n_sites`` configurations, int8 ``(q^D, D)``.
 
     Row k holds the base-q digits of k with site 0 the most significant digit
-    (lexicographic order). Refuses more than ``MAX_ENUMERATED_STATES`` (2^22) rows.
+    (lexicographic order). Refuses more than ``MAX_ENUMERATED_STATES`` (2^22) rows;
+    :func:`iterate_states` streams larger spaces in chunks.
     """
-    for label, value, least in (("n_sites", n_sites, 1), ("n_states", n_states, 2)):
-        if isinstance(value, bool) or int(value) != value or value < least:
-            raise ValueError(f"{label} must be an integer >= {least}, got {value!r}")
-    n_sites, n_states = int(n_sites), int(n_states)
-    if n_states > 127:
-        raise ValueError(f"n_states must be <= 127 to fit int8, got {n_states}")
+    n_sites, n_states = _check_state_space(n_sites, n_states)
     if n_sites * math.log2(n_states) > math.log2(MAX_ENUMERATED_STATES) + 1e-9:
         raise ValueError(
             f"{n_states}^{n_sites} states exceed the enumeration limit of 2^22 = "
-            f"{MAX_ENUMERATED_STATES}; use a smaller lattice or a sampler"
+            f"{MAX_ENUMERATED_STATES}; use iterate_states, a smaller lattice or a sampler"
         )
+    return _states_in_range(0, n_states**n_sites, n_sites, n_states)
+
+
+def iterate_states(n_sites: int, n_states: int, chunk_size: int = 2**18) -> Iterator[torch.Tensor]:
+    """All ``n_states ** n_sites`` configurations in :func:`enumerate_states` order, as int8
+    chunks of at most ``chunk_size`` rows ``(≤ chunk_size, D)``; memory stays O(chunk_size·D)."""
+    n_sites, n_states = _check_state_space(n_sites, n_states)
+    if int(chunk_size) != chunk_size or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     n_total = n_states**n_sites
-    states = torch.empty(n_total, n_sites, dtype=torch.int8)
-    digits = torch.arange(n_states, dtype=torch.int8)
-    for site in range(n_sites):  # loop over columns only; each column is one vectorised fill
-        block = n_states ** (n_sites - 1 - site)
-        states[:, site] = digits.repeat_interleave(block).repeat(n_total // (block * n_states))
-    return states
+    for start in range(0, n_total, int(chunk_size)):
+        yield _states_in_range(start, min(start + int(chunk_size), n_total), n_sites, n_states)
 
 
 @dataclass(frozen=True, eq=False)
