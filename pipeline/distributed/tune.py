@@ -34,7 +34,7 @@ samples missed count as holding one effective sample, F = max(0, ln(ESS·P_max))
 a mode is penalised rather than excused (minimised); ``coverage_ess`` the fraction of the CV
 range spanned by the samples (min over CV dimensions) times the physical ESS/n (maximised).
 The reference is ``reference`` when given, else exact enumeration for systems with at most
-2^20 states; ``auto`` picks ``js_cv`` with a reference and ``coverage_ess`` without.
+3^16 states (runner.EXACT_ENUMERATION_LIMIT); ``auto`` picks ``js_cv`` with a reference and ``coverage_ess`` without.
 
 Outputs under ``DIR/<name>/tune/``: ``trials.parquet`` (one row per trial), ``history.parquet``
 (one row per report), ``best.yaml`` (the config with the best trial's values, ``tune`` removed,
