@@ -301,7 +301,9 @@ def _reference_for(campaign: Campaign, spec: RunSpec, system) -> ReferenceData |
             return None
         folder = campaign.root / f"{method}_{spec.temperature_tag}"
         if (folder / "summary.json").exists():
-            return _load_reference(folder, method)
+            reference = _load_reference(folder, method)
+            grid_shape = tuple(len(e) - 1 for e in cv_bin_edges(system))
+            return replace(reference, fes_kT=reference.fes_kT.reshape(grid_shape))
     return None
 
 
