@@ -3,7 +3,9 @@
 For each β of the workflow (default workflows/paper/potts_q3_L4.yaml: L = 4, β ∈ {0.5, 1.005,
 1.2}) both methods run (or resume) and, after every deposition, the RMSE in k_BT between the
 bias's free energy −γ/(γ−1)·V and the exact F(p1, p2) from enumerating all 3^16 states
-(best constant offset removed; every attainable CV value counts). Printed per run: the
+(best constant offset removed; every attainable CV value counts). Larger lattices (``--set
+system.L=8``) have no exact F: a Swendsen–Wang run at each β is added and its F, known only
+where its samples went (the low-F region), is the reference instead. Printed per run: the
 deposition cycles, hills and energy evaluations spent when the RMSE first falls to
 ``--target`` (1 k_BT), and the final RMSE. Paper (GPU budgets): MetaDNS 14k–50k vs MCMC
 WT-MetaD 36k–107k deposition steps.
@@ -24,9 +26,9 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline import plots
-from pipeline.estimators import cost_to_target
 from pipeline.config import load_config
-from pipeline.runner import prepare_campaign, run_campaign
+from pipeline.estimators import cost_to_target
+from pipeline.runner import EXACT_ENUMERATION_LIMIT, build_system, prepare_campaign, run_campaign
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CONFIG = HERE.parent / "paper" / "potts_q3_L4.yaml"
@@ -42,16 +44,19 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
 
-    config = load_config(args.config, [*args.overrides, f"methods=[{','.join(METHODS)}]"], profile=args.profile)
+    config = load_config(args.config, args.overrides, profile=args.profile)
+    system = build_system(config)
+    exact = system.n_states ** system.n_sites <= EXACT_ENUMERATION_LIMIT
+    methods = METHODS if exact else ("sw", *METHODS)
+    config = load_config(args.config, [*args.overrides, f"methods=[{','.join(methods)}]"], profile=args.profile)
     campaign = prepare_campaign(config, args.out / f"potts_cost_L{config.system.L}_{args.profile}", resume=True)
     results = run_campaign(campaign, progress=True)
 
     rows, panels = [], {}
     for result in results:
-        history = json.loads((result.run_dir / "summary.json").read_text()).get("fes_rmse_history")
-        if not history:
-            raise SystemExit(f"{result.run_dir} has no FES RMSE history: its system is too large for an "
-                             "exact reference (runner.EXACT_ENUMERATION_LIMIT)")
+        if result.spec.method not in METHODS:
+            continue
+        history = json.loads((result.run_dir / "summary.json").read_text())["fes_rmse_history"]
         spec = result.spec
         rows.append({"beta": spec.beta, "method": spec.method, **cost_to_target(history, args.target),
                      "wall_time_s": result.summary.get("wall_time_s", result.summary.get("training_wall_time_s"))})
@@ -63,7 +68,8 @@ def main() -> None:
     stem = args.out / f"potts_cost_L{config.system.L}_{args.profile}"
     Path(f"{stem}.txt").write_text(text + "\n")
     plots.plot_fes_convergence(f"{stem}.png", panels, args.target, "hills deposited",
-                               title=f"Potts q = 3, L = {config.system.L}: FES RMSE against exact enumeration")
+                               title=f"Potts q = 3, L = {config.system.L}: FES RMSE against "
+                               + ("exact enumeration" if exact else "Swendsen–Wang"))
     print(f"\nwritten to {stem}.txt and {stem}.png")
 
 
