@@ -288,6 +288,11 @@ def cv_bin_edges(system) -> list[np.ndarray]:
     return est.bin_edges_for_cv_grid(spec.lower, spec.upper, spec.spacing)
 
 
+def _cv_grid_shape(system) -> tuple[int, ...]:
+    """Number of CV bins per dimension (one per attainable value)."""
+    return tuple(len(e) - 1 for e in cv_bin_edges(system))
+
+
 def _histogram_inputs(system, cv: np.ndarray, edges):
     return (cv[:, 0], edges[0]) if len(edges) == 1 else (cv, edges)
 
@@ -302,8 +307,7 @@ def _reference_for(campaign: Campaign, spec: RunSpec, system) -> ReferenceData |
         folder = campaign.root / f"{method}_{spec.temperature_tag}"
         if (folder / "summary.json").exists():
             reference = _load_reference(folder, method)
-            grid_shape = tuple(len(e) - 1 for e in cv_bin_edges(system))
-            return replace(reference, fes_kT=reference.fes_kT.reshape(grid_shape))
+            return replace(reference, fes_kT=reference.fes_kT.reshape(_cv_grid_shape(system)))
     return None
 
 
@@ -313,8 +317,9 @@ def _exact_reference(system, beta, chunk_size: int = 2**18) -> ReferenceData:
     accumulated in log space, so memory stays one chunk and tiny probabilities keep their
     float64 precision (3^16 Potts states: about 30 s on one core)."""
     cv_edges = cv_bin_edges(system)
+    shape = _cv_grid_shape(system)
     energy_edges = system.energy_per_site_bin_edges()
-    log_cv = np.full(int(np.prod([len(e) - 1 for e in cv_edges])), -np.inf)
+    log_cv = np.full(int(np.prod(shape)), -np.inf)
     log_energy = np.full(len(energy_edges) - 1, -np.inf)
     for states in iterate_states(system.n_sites, system.n_states, chunk_size):
         x = states.long()
@@ -331,7 +336,6 @@ def _exact_reference(system, beta, chunk_size: int = 2**18) -> ReferenceData:
     log_energy -= np.logaddexp.reduce(log_energy)
     fes = np.where(np.isfinite(log_cv), -log_cv, np.nan)
     fes -= np.nanmin(fes)
-    shape = tuple(len(e) - 1 for e in cv_edges)
     return ReferenceData("exact", np.exp(log_cv), np.exp(log_energy), fes.reshape(shape) if len(shape) > 1 else fes)
 
 
