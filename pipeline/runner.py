@@ -288,6 +288,12 @@ def cv_bin_edges(system) -> list[np.ndarray]:
     return est.bin_edges_for_cv_grid(spec.lower, spec.upper, spec.spacing)
 
 
+def has_exact_reference(system) -> bool:
+    """Whether ``system`` is small enough (EXACT_ENUMERATION_LIMIT states) to be compared with
+    exact enumeration instead of a reference chain run."""
+    return system.n_states ** system.n_sites <= EXACT_ENUMERATION_LIMIT
+
+
 def _cv_grid_shape(system) -> tuple[int, ...]:
     """Number of CV bins per dimension (one per attainable value)."""
     return tuple(len(e) - 1 for e in cv_bin_edges(system))
@@ -299,7 +305,7 @@ def _histogram_inputs(system, cv: np.ndarray, edges):
 
 def _reference_for(campaign: Campaign, spec: RunSpec, system) -> ReferenceData | None:
     """Exact enumeration for tiny systems, else a finished unbiased chain run at this β."""
-    if system.n_states ** system.n_sites <= EXACT_ENUMERATION_LIMIT:
+    if has_exact_reference(system):
         return _exact_reference(system, spec.beta)
     for method in UNBIASED_REFERENCES:
         if method == spec.method:
@@ -336,7 +342,7 @@ def _exact_reference(system, beta, chunk_size: int = 2**18) -> ReferenceData:
     log_energy -= np.logaddexp.reduce(log_energy)
     fes = np.where(np.isfinite(log_cv), -log_cv, np.nan)
     fes -= np.nanmin(fes)
-    return ReferenceData("exact", np.exp(log_cv), np.exp(log_energy), fes.reshape(shape) if len(shape) > 1 else fes)
+    return ReferenceData("exact", np.exp(log_cv), np.exp(log_energy), fes.reshape(shape))
 
 
 def _load_reference(folder: Path, method: str) -> ReferenceData:

@@ -66,8 +66,9 @@ import yaml
 from pipeline import estimators as est
 from pipeline.config import (Config, ConfigError, apply_overrides, canonical_json, config_from_dict, load_config)
 from pipeline.outputs import atomic_write_text, provenance_metadata, write_parquet
-from pipeline.runner import (EXACT_ENUMERATION_LIMIT, UNBIASED_REFERENCES, ReferenceData, _exact_reference,
-                             _load_reference, build_bias, build_sampler, build_system, cv_bin_edges, derive_seed)
+from pipeline.runner import (EXACT_ENUMERATION_LIMIT, UNBIASED_REFERENCES, ReferenceData, _cv_grid_shape,
+                             _exact_reference, _load_reference, build_bias, build_sampler, build_system, cv_bin_edges,
+                             derive_seed, has_exact_reference)
 from pipeline.training import DualLoopTrainer
 
 __all__ = [
@@ -367,7 +368,7 @@ def _resolve_reference(settings: TuneSettings, config: Config, system, beta: flo
     """The given reference run folder, else exact enumeration for tiny systems, else None."""
     folder = settings.reference
     if folder is None:
-        if system.n_states ** system.n_sites <= EXACT_ENUMERATION_LIMIT:
+        if has_exact_reference(system):
             return _exact_reference(system, beta)
         return None
     summary_path, config_path = folder / "summary.json", folder / "config.yaml"
@@ -387,7 +388,7 @@ def _resolve_reference(settings: TuneSettings, config: Config, system, beta: flo
                           f"({theirs}, beta {saved.system.betas[0]}) than the sweep ({ours}, beta {beta}); "
                           "point to a reference of the same system at the tuned temperature")
     reference = _load_reference(folder, method)
-    n_bins = int(np.prod([len(e) - 1 for e in cv_bin_edges(system)]))
+    n_bins = int(np.prod(_cv_grid_shape(system)))
     if reference.cv_histogram.size != n_bins:
         raise ConfigError("tune.reference", f"{folder} has {reference.cv_histogram.size} CV bins, the system "
                           f"{n_bins}; point to a reference of the same system")

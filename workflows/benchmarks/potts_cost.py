@@ -28,7 +28,7 @@ import pandas as pd
 from pipeline import plots
 from pipeline.config import load_config
 from pipeline.estimators import cost_to_target
-from pipeline.runner import EXACT_ENUMERATION_LIMIT, build_system, prepare_campaign, run_campaign
+from pipeline.runner import build_system, has_exact_reference, prepare_campaign, run_campaign
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CONFIG = HERE.parent / "paper" / "potts_q3_L4.yaml"
@@ -45,8 +45,7 @@ def main() -> None:
     args = parser.parse_args()
 
     config = load_config(args.config, args.overrides, profile=args.profile)
-    system = build_system(config)
-    exact = system.n_states ** system.n_sites <= EXACT_ENUMERATION_LIMIT
+    exact = has_exact_reference(build_system(config))
     methods = METHODS if exact else ("sw", *METHODS)
     config = load_config(args.config, [*args.overrides, f"methods=[{','.join(methods)}]"], profile=args.profile)
     campaign = prepare_campaign(config, args.out / f"potts_cost_L{config.system.L}_{args.profile}", resume=True)
