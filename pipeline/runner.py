@@ -58,6 +58,7 @@ class Campaign:
     runs: list[RunSpec]
     resume: bool
     point: str = ""
+    extended: frozenset[str] = frozenset()   # finished runs to continue with a larger budget
 
     def seed_of(self, spec: RunSpec) -> int:
         """The run's seed: derived from the config seed, the grid point and the run name."""
@@ -203,26 +204,52 @@ def prepare_campaign(config: Config, out_root: Path, resume: bool, point: str = 
     if existing and not resume:
         raise RunFolderExists(f"run folder(s) {', '.join(s.run_name for s in existing)} already exist under "
                               f"{root}; pass --resume to continue them or choose another --out")
+    extended = set()
     for spec in existing:
         saved = root / spec.run_name / "config.yaml"
-        if saved.exists() and not _same_run_settings(yaml.safe_load(saved.read_text()), run_config_dict(config, spec)):
+        if not saved.exists():
+            continue
+        change = _resume_change(yaml.safe_load(saved.read_text()), run_config_dict(config, spec), spec.method)
+        if change == "different":
             raise RunFolderExists(f"cannot resume {root / spec.run_name}: it was made with other settings "
                                   f"(compare its config.yaml); use another --out or the original settings")
+        if change == "shorter":
+            raise RunFolderExists(f"cannot resume {root / spec.run_name} with fewer training.outer_iterations "
+                                  "than it was made with (compare its config.yaml); a budget can only grow")
+        if change == "extend":
+            extended.add(spec.run_name)
     priority = {m: i for i, m in enumerate(UNBIASED_REFERENCES)}
     runs.sort(key=lambda r: priority.get(r.method, len(priority)))
-    return Campaign(config, root, runs, resume, point)
+    return Campaign(config, root, runs, resume, point, frozenset(extended))
 
 
-def _same_run_settings(saved: dict, wanted: dict) -> bool:
-    """Whether a saved run config and this one describe the same run.  The saved one is read
-    through the current schema, so keys added since (at their defaults) do not block a
-    resume; how a run is laid onto Ray actors (``distributed``) does not change results."""
+# Settings a finished neural run can be continued with: more training iterations (from its last
+# checkpoint, as if it had been given the larger budget from the start) or another number of
+# final samples (drawn again from the same trained sampler).  Reference runs ignore both.
+EXTENDABLE_SETTINGS = (("training", "outer_iterations"), ("sampling", "n_samples"))
+
+
+def _resume_change(saved: dict, wanted: dict, method: str) -> str:
+    """How the settings ``wanted`` for a run relate to those its folder was made with:
+    "same", "extend" (only EXTENDABLE_SETTINGS differ and the budget does not shrink),
+    "shorter" (fewer outer iterations) or "different".  The saved config is read through the
+    current schema, so keys added since (at their defaults) do not block a resume; how a run
+    is laid onto Ray actors (``distributed``) does not change results."""
     try:
         saved = config_from_dict(saved).to_dict()
     except ConfigError:
-        return False
-    strip = lambda d: {k: v for k, v in d.items() if k != "distributed"}  # noqa: E731
-    return strip(saved) == strip(wanted)
+        return "different"
+    saved.pop("distributed", None)
+    wanted = {k: dict(v) if isinstance(v, dict) else v for k, v in wanted.items() if k != "distributed"}
+    if method in NEURAL_METHODS and wanted["training"]["outer_iterations"] < saved["training"]["outer_iterations"]:
+        return "shorter"
+    differs = False
+    for section, key in EXTENDABLE_SETTINGS:
+        differs |= wanted[section][key] != saved[section][key]
+        wanted[section][key] = saved[section][key]
+    if wanted != saved:
+        return "different"
+    return "extend" if differs and method in NEURAL_METHODS else "same"
 
 
 def run_campaign(campaign: Campaign, progress: bool = True) -> list[RunResult]:
@@ -245,7 +272,9 @@ def execute_run(campaign: Campaign, spec: RunSpec, progress: bool = True,
     run_dir = campaign.root / spec.run_name
     summary_path = run_dir / "summary.json"
     if summary_path.exists():
-        return RunResult(spec, run_dir, json.loads(summary_path.read_text()))
+        if spec.run_name not in campaign.extended:
+            return RunResult(spec, run_dir, json.loads(summary_path.read_text()))
+        summary_path.unlink()   # continued with a larger budget: unfinished until it ends again
     run_dir.mkdir(parents=True, exist_ok=True)
     for folder in (run_dir, run_dir / "checkpoints"):
         remove_stale_temporaries(folder)

@@ -651,6 +651,54 @@ def test_no_temporary_files_left_after_kill_and_resume(killed_and_resumed):
         f"left over after resume; present right after the kill: {killed_and_resumed['temporaries_after_kill']}")
 
 
+def test_resume_with_more_outer_iterations_equals_a_run_given_that_budget(finished_campaign, tmp_path):
+    """A finished run continued with a larger training.outer_iterations trains on from its last
+    checkpoint and ends exactly as an uninterrupted run with the larger budget; the reference
+    run (which the setting does not affect) is left untouched."""
+    longer = TINY["training"]["outer_iterations"] + 2
+    out, root = copy_campaign(finished_campaign, tmp_path / "extended")
+    sw_before = snapshot(root / f"sw_{TAG}")
+    code, _, stderr = run_cli("run", *INLINE, finished_campaign["config"], "--out", out, "--resume", "--quiet",
+                              "--set", f"training.outer_iterations={longer}")
+    assert code == 0, stderr[-2000:]
+    assert snapshot(root / f"sw_{TAG}") == sw_before
+
+    direct_out = tmp_path / "direct"
+    code, _, stderr = run_cli("run", *INLINE, finished_campaign["config"], "--out", direct_out, "--quiet",
+                              "--set", f"training.outer_iterations={longer}")
+    assert code == 0, stderr[-2000:]
+    extended, direct = root / f"metadns_{TAG}", direct_out / TINY_NAME / f"metadns_{TAG}"
+    assert json.loads((extended / "summary.json").read_text())["hills"] == longer * TINY["training"]["batch_size"]
+    assert (extended / "HILLS").read_bytes() == (direct / "HILLS").read_bytes()
+    assert (extended / "config.yaml").read_bytes() == (direct / "config.yaml").read_bytes()
+    pd.testing.assert_frame_equal(observables_without_wall_times(extended / "observables.parquet"),
+                                  observables_without_wall_times(direct / "observables.parquet"), check_exact=True)
+    assert summary_without_wall_times(extended / "summary.json") == summary_without_wall_times(direct / "summary.json")
+
+
+def test_resume_with_fewer_outer_iterations_is_refused(finished_campaign, tmp_path):
+    out, _ = copy_campaign(finished_campaign, tmp_path)
+    before = snapshot(out)
+    code, _, stderr = run_cli("run", *INLINE, finished_campaign["config"], "--out", out, "--resume", "--quiet",
+                              "--set", "training.outer_iterations=1")
+    assert code == 2
+    assert "training.outer_iterations" in stderr and f"metadns_{TAG}" in stderr
+    assert snapshot(out) == before
+
+
+def test_resume_with_more_samples_draws_them_from_the_trained_sampler(finished_campaign, tmp_path):
+    more = 2 * TINY["sampling"]["n_samples"]
+    out, root = copy_campaign(finished_campaign, tmp_path)
+    run_dir = root / f"mdns_{TAG}"
+    checkpoint_before = (run_dir / "checkpoints" / "checkpoint.pt").read_bytes()
+    code, _, stderr = run_cli("run", *INLINE, finished_campaign["config"], "--out", out, "--resume", "--quiet",
+                              "--set", f"sampling.n_samples={more}")
+    assert code == 0, stderr[-2000:]
+    assert pq.read_table(run_dir / "samples.parquet").num_rows == more
+    assert (run_dir / "checkpoints" / "checkpoint.pt").read_bytes() == checkpoint_before   # not retrained
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["sampling"]["n_samples"] == more
+
+
 def test_resume_removes_stale_temporary_files(finished_campaign, tmp_path):
     """Deterministic version of the kill above: a run killed while writing its checkpoint or a
     table leaves ``.<name>.<random>.tmp``; continuing the run must not leave it behind."""
