@@ -469,6 +469,20 @@ def js_divergence(p, q) -> float:
     return min(max(js, 0.0), math.log(2.0))
 
 
+def js_sampling_floor(reference, n_effective: float, draws: int = 200, seed: int = 0) -> float:
+    """The JS divergence that sampling noise alone gives: the mean JS between ``reference``
+    (a histogram, normalised here) and histograms of ``n_effective`` i.i.d. draws from it
+    (``draws`` multinomial repetitions, fixed ``seed``).  A sampler whose JS against the
+    reference is near this floor at its ESS is limited by its sample size, not by bias; for
+    large n it approaches (K − 1)/(8 n) with K occupied bins."""
+    p = _as_float64(reference, "reference").ravel()
+    if not n_effective >= 1:
+        raise ValueError(f"n_effective must be at least 1, got {n_effective}")
+    p = p / p.sum()
+    counts = np.random.default_rng(seed).multinomial(max(int(round(n_effective)), 1), p, size=draws)
+    return float(np.mean([js_divergence(c, p) for c in counts]))
+
+
 # --------------------------------------------------------------------------------------
 # free energies
 # --------------------------------------------------------------------------------------

@@ -774,8 +774,10 @@ def comparison_table(campaign: Campaign, results: list[RunResult]) -> pd.DataFra
         for name in system.headline_observables:
             row[name] = mine.loc[name, "value"]
             row[f"{name}_stderr"] = mine.loc[name, "stderr"]
+        ess = None
         if estimator == "likelihood":
-            row["ess_fraction"] = obs[(obs.estimator == "likelihood") & (obs.observable == "ess_fraction")].value.iloc[0]
+            ess_row = obs[(obs.estimator == "likelihood") & (obs.observable == "ess_fraction")].iloc[0]
+            row["ess_fraction"], ess = ess_row.value, ess_row.ess
         reference = _reference_for(campaign, result.spec, system)
         if reference is not None:
             # JS with the run's main estimator, and for trained samplers also with bias weights.
@@ -786,6 +788,9 @@ def comparison_table(campaign: Campaign, results: list[RunResult]) -> pd.DataFra
                 for quantity, ref_p in (("cv", reference.cv_histogram), ("energy_per_site", reference.energy_histogram)):
                     p = mine_h[mine_h.quantity == quantity].sort_values("bin").probability.to_numpy()
                     row[f"js_{quantity}{suffix}"] = est.js_divergence(p, ref_p)
+            if ess is not None:
+                # what sampling noise alone would give at this ESS: JS near it is limited by ESS
+                row["js_cv_floor"] = est.js_sampling_floor(reference.cv_histogram, max(ess, 1.0))
             row["reference"] = reference.label
         cost = obs[obs.estimator == "cost"].set_index("observable").value
         row["energy_evaluations"] = cost["energy_evaluations"]

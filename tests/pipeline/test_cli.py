@@ -522,6 +522,9 @@ def test_campaign_comparison_table(finished_campaign):
     assert sorted(table.run) == sorted(f"{m}_{TAG}" for m in TINY["methods"])
     assert set(table.reference) == {"exact"}            # L = 4 is compared with enumeration
     assert np.all((table.js_cv >= 0) & (table.js_cv <= math.log(2)))
+    # the sampling-noise floor at each trained run's ESS; none for chain references
+    trained = table.method.isin(["metadns", "mdns"])
+    assert np.all(table.js_cv_floor[trained] > 0) and table.js_cv_floor[~trained].isna().all()
     assert read_parquet_metadata(root / "comparison.parquet")["config_hash"] == config_hash(
         load_config(finished_campaign["config"]))
     # references run first (metadns comes first in the config), and the table says so
