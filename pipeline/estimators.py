@@ -568,7 +568,8 @@ def log_partition_function(log_w) -> tuple[float, float]:
 # --------------------------------------------------------------------------------------
 # independence Metropolis-Hastings
 # --------------------------------------------------------------------------------------
-def independence_metropolis_hastings(log_w, generator, n_steps: int | None = None, initial: int = 0):
+def independence_metropolis_hastings(log_w, generator, n_steps: int | None = None, initial: int = 0,
+                                     shuffle: bool = False):
     """Independence Metropolis-Hastings over i.i.d. proposals, in their generated order.
 
     log_w: (n,) importance log-weights of the samples (log pi~ - log q on (x, sigma), e.g.
@@ -578,6 +579,11 @@ def independence_metropolis_hastings(log_w, generator, n_steps: int | None = Non
     min(1, w_t / w_current). A zero-weight current state accepts any proposal; a
     zero-weight proposal is never accepted. n_steps: chain length including the initial
     state (2 <= n_steps <= n, default n).
+    shuffle: propose the samples in a random order (drawn from ``generator``) instead. Needed
+    for samples pooled in blocks from several proposal densities q_w (walkers), each with its
+    own weight π~/q_w: in a random order they are draws of (w, x) from the walkers' mixture,
+    for which π~/q_w is the exact ratio on that extended space; in block order the chain
+    would change proposal density at each block boundary and mix between blocks only there.
     Returns (visited indices int64 (n_steps,), acceptance rate over the n_steps - 1 moves).
     The visited samples are a correlated chain with stationary distribution pi: use
     ``mcmc_mean_and_stderr`` for errors, never the i.i.d. formula.
@@ -598,7 +604,8 @@ def independence_metropolis_hastings(log_w, generator, n_steps: int | None = Non
             f"n_steps must be an integer in [2, {n}] (each sample is proposed at most once), got {n_steps}"
         )
     n_steps = int(n_steps)
-    proposals = np.delete(np.arange(n), initial)[: n_steps - 1]
+    order = generator.permutation(n) if shuffle else np.arange(n)
+    proposals = order[order != initial][: n_steps - 1]
     with np.errstate(divide="ignore"):
         log_u = np.log(generator.random(n_steps - 1))
     lw_list = lw.tolist()

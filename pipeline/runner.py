@@ -502,7 +502,9 @@ def _run_neural(ctx: RunContext) -> dict:
     rows.append(_row(ctx, "likelihood", "ess_fraction", "1", ess_lik / n, math.nan, ess_lik, n))
     acceptance = math.nan
     if config.sampling.metropolis_hastings:
-        chain_idx, acceptance = est.independence_metropolis_hastings(log_w_lik, np.random.default_rng(ctx.seed))
+        # Walkers' samples come in blocks, one proposal density each: propose them in a random order.
+        chain_idx, acceptance = est.independence_metropolis_hastings(log_w_lik, np.random.default_rng(ctx.seed),
+                                                                     shuffle=t.walkers > 1)
         for name, values in observables.items():
             mean, stderr = est.mcmc_mean_and_stderr(values[chain_idx][:, None])
             rows.append(_row(ctx, "mh", name, system.observable_units[name], mean, stderr, math.nan, n))
