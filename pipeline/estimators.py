@@ -580,10 +580,10 @@ def independence_metropolis_hastings(log_w, generator, n_steps: int | None = Non
     zero-weight proposal is never accepted. n_steps: chain length including the initial
     state (2 <= n_steps <= n, default n).
     shuffle: propose the samples in a random order (drawn from ``generator``) instead. Needed
-    for samples pooled in blocks from several proposal densities q_w (walkers), each with its
-    own weight π~/q_w: in a random order they are draws of (w, x) from the walkers' mixture,
-    for which π~/q_w is the exact ratio on that extended space; in block order the chain
-    would change proposal density at each block boundary and mix between blocks only there.
+    for samples drawn in blocks, one per component of a mixture proposal (walkers; weights
+    π~/q_mixture): in a random order they are draws from the mixture, in block order the
+    chain would see one component's draws at a time and cross between modes only at block
+    boundaries.
     Returns (visited indices int64 (n_steps,), acceptance rate over the n_steps - 1 moves).
     The visited samples are a correlated chain with stationary distribution pi: use
     ``mcmc_mean_and_stderr`` for errors, never the i.i.d. formula.

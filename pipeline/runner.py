@@ -502,7 +502,7 @@ def _run_neural(ctx: RunContext) -> dict:
     rows.append(_row(ctx, "likelihood", "ess_fraction", "1", ess_lik / n, math.nan, ess_lik, n))
     acceptance = math.nan
     if config.sampling.metropolis_hastings:
-        # Walkers' samples come in blocks, one proposal density each: propose them in a random order.
+        # Walkers' samples come in blocks, one mixture component each: propose them in a random order.
         chain_idx, acceptance = est.independence_metropolis_hastings(log_w_lik, np.random.default_rng(ctx.seed),
                                                                      shuffle=t.walkers > 1)
         for name, values in observables.items():

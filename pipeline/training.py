@@ -305,6 +305,11 @@ class DualLoopTrainer:
         trainer's generator."""
         return _on_cpu(self.ema_sampler.sample(n, self.generator, batch_size=batch_size))
 
+    def score_final(self, x: torch.Tensor, order: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+        """log q(x, order) under the EMA sampler: float64 (n,) on the CPU, in nats.  x (n, D)
+        and order (n, D) in any integer dtype (walkers pass int8 / int16 to cut transfer)."""
+        return self.ema_sampler.log_prob(x.long(), order.long(), batch_size=batch_size).cpu()
+
     def start_from(self, ema_state: dict) -> None:
         """Set the sampler and its EMA copy to a trained EMA sampler's weights (warm start)."""
         self.sampler.load_state_dict(ema_state)
@@ -388,8 +393,8 @@ class MultiWalkerTrainer:
     copy and trains under the common V.  Deposition order is fixed, so the result does not
     depend on where walkers run: ``call(walkers, method, per_walker_args)`` maps a method
     over them and returns the results in walker order (in turn here; in parallel for Ray
-    actors).  Final samples are split evenly over the walkers' EMA samplers; each keeps its
-    own log q, so likelihood weights π/q_w stay exact and pool into one estimate.
+    actors).  Final samples are split evenly over the walkers' EMA samplers and carry the
+    log q of the walkers' equal mixture (``sample_final``).
     """
 
     def __init__(self, walkers: list, bias: WellTemperedGridBias | None, beta: float,
@@ -444,10 +449,28 @@ class MultiWalkerTrainer:
         return _train_loop(self, progress, on_iteration)
 
     def sample_final(self, n: int, batch_size: int | None = None):
-        """n samples, split as evenly as possible over the walkers (walker order)."""
-        counts = [n // len(self.walkers) + (w < n % len(self.walkers)) for w in range(len(self.walkers))]
+        """n samples from the walkers' equal mixture, split as evenly as possible over the
+        walkers (one block per walker, in walker order).
+
+        log_q is the mixture's path log-likelihood log((1/W) Σ_w q_w(x, σ)): every sample is
+        re-scored by the other walkers (the order σ is drawn the same way by all of them).
+        Likelihood weights with it are the balance-heuristic multiple-importance weights,
+        right whichever modes the walkers hold.  With each walker's own q_w instead, a mode
+        held by two walkers would count twice, and with walkers in disjoint modes the ln Z
+        estimate comes out ln W too low."""
+        n_walkers = len(self.walkers)
+        counts = [n // n_walkers + (w < n % n_walkers) for w in range(n_walkers)]
         batches = self.call(self.walkers, "sample_final", [(c, batch_size) for c in counts])
-        return type(batches[0])(*(torch.cat([getattr(b, f) for b in batches]) for f in ("x", "order", "log_q")))
+        x, order, own_log_q = (torch.cat([getattr(b, f) for b in batches]) for f in ("x", "order", "log_q"))
+        owner = torch.repeat_interleave(torch.arange(n_walkers), torch.tensor(counts))
+        others = [owner != w for w in range(n_walkers)]
+        scores = self.call(self.walkers, "score_final",
+                           [(x[m].to(torch.int8), order[m].to(torch.int16), batch_size) for m in others])
+        log_q = torch.empty((n_walkers, x.shape[0]), dtype=torch.float64)
+        log_q[owner, torch.arange(x.shape[0])] = own_log_q
+        for walker, (mask, score) in enumerate(zip(others, scores)):  # loop over walkers
+            log_q[walker, mask] = score
+        return type(batches[0])(x, order, torch.logsumexp(log_q, dim=0) - math.log(n_walkers))
 
     def state_dict(self) -> dict:
         return {"walkers": self.call(self.walkers, "state_dict"), "iteration": self.iteration,

@@ -35,6 +35,9 @@ class WalkerActor:
     def sample_final(self, n: int, batch_size: int | None):
         return self._trainer.sample_final(n, batch_size)
 
+    def score_final(self, x, order, batch_size: int | None):
+        return self._trainer.score_final(x, order, batch_size)
+
     def start_from(self, ema_state: dict) -> None:
         self._trainer.start_from(ema_state)
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from pipeline import estimators as est
 from pipeline.bias import WellTemperedGridBias
 from pipeline.config import config_from_dict, expand_runs
 from pipeline.runner import (RunContext, RunServices, _trainer, build_system, derive_seed, prepare_campaign,
@@ -68,17 +71,45 @@ def test_resumed_multi_walker_training_equals_uninterrupted():
         multi_walker_trainer({**TINY, "training": {**TINY["training"], "walkers": 2}}).load_state_dict(state)
 
 
-def test_final_samples_are_split_over_walkers_with_their_own_likelihoods():
+def test_final_samples_are_split_over_walkers_with_the_mixture_likelihood():
+    """4 + 3 + 3 samples, one block per walker; log q is that of the walkers' equal mixture,
+    log((1/3) Σ_w q_w(x, σ)), with every q_w re-scored independently here."""
     trainer = multi_walker_trainer(TINY)
     trainer.train(progress=False)
     batch = trainer.sample_final(10)
     assert batch.x.shape == (10, 16)
-    # 4 + 3 + 3 samples; each walker's log q re-scores its own samples exactly
+    per_walker = torch.stack([w.ema_sampler.log_prob(batch.x, batch.order) for w in trainer.walkers])
+    mixture = torch.logsumexp(per_walker, dim=0) - math.log(3)
+    np.testing.assert_allclose(batch.log_q.numpy(), mixture.numpy(), rtol=0, atol=1e-6)  # float32 network
+    # the blocks are the walkers' own draws: same x as each walker sampling alone
+    alone = multi_walker_trainer(TINY)
+    alone.train(progress=False)
     start = 0
-    for walker, count in zip(trainer.walkers, (4, 3, 3)):
-        rescored = walker.ema_sampler.log_prob(batch.x[start:start + count], batch.order[start:start + count])
-        np.testing.assert_allclose(rescored.numpy(), batch.log_q[start:start + count].numpy(), rtol=0, atol=1e-9)
+    for walker, count in zip(alone.walkers, (4, 3, 3)):
+        own = walker.sample_final(count)
+        assert torch.equal(own.x, batch.x[start:start + count])
         start += count
+
+
+def test_mixture_weights_recover_z_when_walkers_hold_disjoint_modes():
+    """Two 'walkers' that each sample one half of a 4-state target (q_A on {0, 1}, q_B on
+    {2, 3}, 1e-7 elsewhere, as for two Ising modes): per-walker weights put ln Z low by ln 2, mixture weights
+    (what sample_final's log q gives) recover ln Z and P(state ≥ 2) within 3 SE."""
+    target = np.array([1.0, 2.0, 3.0, 4.0])            # unnormalised, Z = 10
+    held, stray = 0.5 - 1e-7, 1e-7                    # ≈ 0.004 stray draws expected in 40,000
+    q = np.array([[held, held, stray, stray], [stray, stray, held, held]])
+    rng = np.random.default_rng(5)
+    blocks = [rng.choice(4, size=20000, p=qw) for qw in q]
+    states = np.concatenate(blocks)
+    mixture_log_q = np.log(q.mean(axis=0))[states]
+    log_w = np.log(target[states]) - mixture_log_q
+    ln_z, ln_z_err = est.log_partition_function(log_w)
+    assert abs(ln_z - math.log(10.0)) < 3 * ln_z_err
+    upper, upper_err = est.weighted_mean_and_stderr((states >= 2).astype(float), log_w)
+    assert abs(upper - 0.7) < 3 * upper_err
+    own_log_w = np.concatenate([np.log(target[b] / qw[b]) for b, qw in zip(blocks, q)])
+    own_ln_z, own_err = est.log_partition_function(own_log_w)
+    assert abs(own_ln_z - (math.log(10.0) - math.log(2.0))) < 3 * own_err
 
 
 @pytest.mark.slow
