@@ -479,7 +479,7 @@ def js_sampling_floor(reference, n_effective: float, draws: int = 200, seed: int
     if not n_effective >= 1:
         raise ValueError(f"n_effective must be at least 1, got {n_effective}")
     p = p / p.sum()
-    counts = np.random.default_rng(seed).multinomial(max(int(round(n_effective)), 1), p, size=draws)
+    counts = np.random.default_rng(seed).multinomial(int(round(n_effective)), p, size=draws)
     return float(np.mean([js_divergence(c, p) for c in counts]))
 
 

@@ -4,12 +4,13 @@ Runs (or resumes) the workflow configs and prints, per β, the JS divergences of
 magnetisation and E/N histograms (fixed bins: one per attainable value) against SW,
 ⟨|m|⟩, C(1), P(m>0) and the physical ESS/n. JS for trained samplers uses likelihood
 weights; the bias-weight value stands beside it, and js_cv_floor is the JS that sampling
-noise alone gives at the run's ESS (a JS near it is limited by sample size, not by bias). Paper (L = 16, β = 0.6): MetaDNS
-JS(m) = 0.046, MDNS 0.22 (collapsed). Our goal: ≤ 0.01.
+noise alone gives at the run's ESS (a JS near it is limited by sample size, not by bias).
+Paper (L = 16, β = 0.6): MetaDNS JS(m) = 0.046, MDNS 0.22 (collapsed). Our goal: ≤ 0.01.
 
     python workflows/benchmarks/ising_table.py --profile cpu-walkers        # L = 16 MetaDNS rows
     python workflows/benchmarks/ising_table.py --profile cpu \
-        --set "methods=[sw,mdns,mdns-warmstart]" --set training.outer_iterations=250   # MDNS rows
+        --set "methods=[sw,mdns,mdns-warmstart]" --set training.outer_iterations=250 \
+        --set training.threads=1                                            # MDNS rows
     python workflows/benchmarks/ising_table.py --profile cpu --L 8          # L = 8, equal budget
 
 Runs go to runs/benchmarks/L<L>_<profile>/ and are resumed there (finished runs are reused).
@@ -28,8 +29,8 @@ from pipeline.runner import comparison_table, prepare_campaign, run_campaign
 
 HERE = Path(__file__).resolve().parent
 PAPER_CONFIGS = sorted((HERE.parent / "paper").glob("ising_l16_beta*.yaml"))
-COLUMNS = ["beta", "method", "js_cv", "js_cv_floor", "js_cv_bias_weights", "js_energy_per_site", "js_energy_per_site_bias_weights",
-           "abs_magnetisation", "abs_magnetisation_stderr", "correlation_r1", "positive_magnetisation",
+COLUMNS = ["beta", "method", "js_cv", "js_cv_floor", "js_cv_bias_weights", "js_energy_per_site",
+           "js_energy_per_site_bias_weights", "abs_magnetisation", "abs_magnetisation_stderr", "correlation_r1", "positive_magnetisation",
            "positive_magnetisation_stderr", "ess_fraction", "energy_evaluations", "wall_time_s"]
 
 
