@@ -232,7 +232,7 @@ EXTENDABLE_SETTINGS = (("training", "outer_iterations"), ("sampling", "n_samples
 def _resume_change(saved: dict, wanted: dict, method: str) -> str:
     """How the settings ``wanted`` for a run relate to those its folder was made with:
     "same", "extend" (only EXTENDABLE_SETTINGS differ and the budget does not shrink),
-    "shorter" (fewer outer iterations) or "different".  The saved config is read through the
+    "shorter" (fewer outer iterations, nothing else changed) or "different".  The saved config is read through the
     current schema, so keys added since (at their defaults) do not block a resume; how a run
     is laid onto Ray actors (``distributed``) does not change results."""
     try:
@@ -241,14 +241,15 @@ def _resume_change(saved: dict, wanted: dict, method: str) -> str:
         return "different"
     saved.pop("distributed", None)
     wanted = {k: dict(v) if isinstance(v, dict) else v for k, v in wanted.items() if k != "distributed"}
-    if method in NEURAL_METHODS and wanted["training"]["outer_iterations"] < saved["training"]["outer_iterations"]:
-        return "shorter"
+    shorter = method in NEURAL_METHODS and wanted["training"]["outer_iterations"] < saved["training"]["outer_iterations"]
     differs = False
     for section, key in EXTENDABLE_SETTINGS:
         differs |= wanted[section][key] != saved[section][key]
         wanted[section][key] = saved[section][key]
     if wanted != saved:
         return "different"
+    if shorter:
+        return "shorter"
     return "extend" if differs and method in NEURAL_METHODS else "same"
 
 

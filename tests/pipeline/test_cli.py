@@ -689,6 +689,18 @@ def test_resume_with_fewer_outer_iterations_is_refused(finished_campaign, tmp_pa
     assert snapshot(out) == before
 
 
+def test_resume_with_fewer_iterations_and_other_settings_names_the_other_settings(finished_campaign, tmp_path):
+    """When the budget shrinks and another setting changes too, the refusal says the settings
+    differ (the budget alone would not be the fix)."""
+    out, _ = copy_campaign(finished_campaign, tmp_path)
+    before = snapshot(out)
+    code, _, stderr = run_cli("run", *INLINE, finished_campaign["config"], "--out", out, "--resume", "--quiet",
+                              "--set", "training.outer_iterations=1", "--set", "training.learning_rate=0.5")
+    assert code == 2
+    assert "other settings" in stderr and "fewer training.outer_iterations" not in stderr
+    assert snapshot(out) == before
+
+
 def test_resume_with_more_samples_draws_them_from_the_trained_sampler(finished_campaign, tmp_path):
     more = 2 * TINY["sampling"]["n_samples"]
     out, root = copy_campaign(finished_campaign, tmp_path)
