@@ -7,14 +7,12 @@ weights; the bias-weight value stands beside it, and js_cv_floor is the JS that 
 noise alone gives at the run's ESS (a JS near it is limited by sample size, not by bias).
 Paper (L = 16, β = 0.6): MetaDNS JS(m) = 0.046, MDNS 0.22 (collapsed). Our goal: ≤ 0.01.
 
-    python workflows/benchmarks/ising_table.py --profile cpu-walkers        # L = 16 MetaDNS rows
-    python workflows/benchmarks/ising_table.py --profile cpu \
-        --set "methods=[sw,mdns,mdns-warmstart]" --set training.outer_iterations=250 \
-        --set training.threads=1                                            # MDNS rows
-    python workflows/benchmarks/ising_table.py --profile cpu --L 8          # L = 8, equal budget
+    python workflows/benchmarks/ising_table.py --profile cpu-walkers   # L = 16 MetaDNS rows
+    python workflows/benchmarks/ising_table.py --profile cpu           # MDNS, warm-start MDNS rows
 
 Runs go to runs/benchmarks/L<L>_<profile>/ and are resumed there (finished runs are reused).
-BENCHMARKS.md records the measured tables.
+The L = 8 comparison at equal budget (MDNS collapses, MetaDNS does not) is the quickstart,
+workflows/quickstart.yaml. BENCHMARKS.md records the measured tables.
 """
 
 from __future__ import annotations
