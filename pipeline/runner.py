@@ -232,9 +232,9 @@ EXTENDABLE_SETTINGS = (("training", "outer_iterations"), ("sampling", "n_samples
 def _resume_change(saved: dict, wanted: dict, method: str) -> str:
     """How the settings ``wanted`` for a run relate to those its folder was made with:
     "same", "extend" (only EXTENDABLE_SETTINGS differ and the budget does not shrink),
-    "shorter" (fewer outer iterations, nothing else changed) or "different".  The saved config is read through the
-    current schema, so keys added since (at their defaults) do not block a resume; how a run
-    is laid onto Ray actors (``distributed``) does not change results."""
+    "shorter" (fewer outer iterations, nothing else changed) or "different".  The saved
+    config is read through the current schema, so keys added since (at their defaults) do not
+    block a resume; how a run is laid onto Ray actors (``distributed``) does not change results."""
     try:
         saved = config_from_dict(saved).to_dict()
     except ConfigError:
