@@ -31,7 +31,6 @@ import math
 import os
 import shutil
 import sys
-import traceback
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +47,7 @@ from tqdm.auto import tqdm
 from pipeline import phase_diagram as pd_
 from pipeline import plots
 from pipeline.config import config_from_dict
+from pipeline.errors import NoFinishedRuns  # defined there, part of this module's interface
 from pipeline.outputs import METADATA_PREFIX, provenance_metadata, write_parquet
 
 __all__ = ["FES_PRIORITY", "RunFolder", "find_runs", "dataset_tables", "write_dataset", "summary_table",
@@ -57,10 +57,6 @@ FES_PRIORITY: tuple[str, ...] = ("metadns", "mcmc-metad", "mdns-warmstart", "mdn
 CHAIN_METHODS = ("sw", "metropolis", "mcmc-metad")
 DATASET = "dataset"
 SKIPPED_FOLDERS = (DATASET, "plots")
-
-
-class NoFinishedRuns(Exception):
-    """DIR holds no finished run folder."""
 
 
 @dataclass
@@ -121,7 +117,7 @@ def find_runs(root: Path) -> list[RunFolder]:
 def _system_of(run: RunFolder, cache: dict):
     """The run's system, built from its config.yaml (cached per system block); None if the
     config no longer validates (e.g. written by another version)."""
-    from pipeline.runner import build_system  # noqa: PLC0415 - the runner imports the samplers
+    from pipeline.build import build_system  # noqa: PLC0415 - torch
 
     key = json.dumps({k: v for k, v in run.config.get("system", {}).items() if k not in ("beta", "temperature")},
                      sort_keys=True, default=str)
@@ -422,15 +418,10 @@ def make_report(root: Path, progress: bool = True) -> Report:
 
 
 def report_command(directory: Path, quiet: bool = False) -> int:
-    """Handler of ``metadns report DIR [--quiet]``: 0 done, 2 nothing to report, 1 failure."""
-    try:
-        report = make_report(Path(directory), progress=not quiet)
-    except NoFinishedRuns as error:
-        print(f"metadns: error: {error}", file=sys.stderr)
-        return 2
-    except Exception:  # a failure while reading or writing: report it in full
-        traceback.print_exc()
-        return 1
+    """Handler of ``metadns report DIR [--quiet]``: returns 0; raises :class:`NoFinishedRuns`
+    when there is nothing to report (``metadns`` exits 2) and whatever failed while reading
+    or writing (exit 1)."""
+    report = make_report(Path(directory), progress=not quiet)
     print(report.text)
     print(f"\n{len(report.runs)} runs; dataset {report.dataset}; summary {Path(directory) / 'summary.parquet'}"
           + (f"; phase diagram {Path(directory) / 'phase_diagram.parquet'}" if report.phase_diagram is not None else "")

@@ -1,15 +1,20 @@
 """The ``metadns`` command line. Only this module parses arguments.
 
     metadns run CONFIG.yaml [--profile NAME] [--out DIR] [--set key=value ...] [--resume] [--quiet]
-                [--executor ray|inline] [--address HOST:PORT]
+                [--executor ray|inline] [--address HOST:PORT] [--dry-run]
     metadns energy --config CONFIG.yaml FILE... [--set key=value ...] [--out TABLE.parquet]
     metadns fit-ce --out MODEL.ce [--label emt|mace --model FILE] [--species Cu Au] [--cutoffs 6 4.5 4.5] ...
+    metadns submit CONFIG.yaml [--out DIR] [--nodes N] [--gpus-per-node G] [--time T] ... [--dry-run] [--wait]
     metadns tune CONFIG.yaml [--out DIR] [--set key=value ...] [--profile NAME] [--address HOST:PORT] [--quiet]
     metadns report DIR [--quiet]
+    metadns --version
 
-Exit codes: 0 success; 2 invalid configuration, an existing run folder without ``--resume``,
-or a structure file that cannot be read or does not fit the lattice (nothing is written in
-any of these cases); 1 a failure during a run.
+Exit codes: 0 success; 2 invalid input found before anything is written (a
+:class:`pipeline.errors.SetupError`: an invalid configuration, an existing run folder without
+``--resume``, a structure file that cannot be read or does not fit the lattice, ...); 1 a
+failure during a run (its traceback is printed).  :func:`main` alone maps errors to these
+codes; the commands raise.  Heavy packages (torch, ray, icet) are imported by the commands
+that need them, so ``--help``, ``--version`` and ``run --dry-run`` start fast.
 """
 
 from __future__ import annotations
@@ -19,17 +24,33 @@ import sys
 import traceback
 from pathlib import Path
 
-from pipeline.campaign_report import make_report
-from pipeline.config import ConfigError, grid_points, load_config
-from pipeline.outputs import provenance_metadata, write_parquet
-from pipeline.runner import RunFolderExists, build_system, prepare_campaign, print_comparison, run_campaign
-from pipeline.structures import FrameError, energy_table, read_frames
+from pipeline.errors import ConfigError, SetupError, setup_errors
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: print ``metadns <version>`` of the installed distribution and exit
+    (importlib.metadata is imported only then: it costs more than the rest of ``--help``)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, help="print the version and exit"):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import importlib.metadata  # noqa: PLC0415
+
+        try:
+            version = importlib.metadata.version("metadns")
+        except importlib.metadata.PackageNotFoundError:  # run from a source tree that is not installed
+            version = "unknown (not installed)"
+        print(f"{parser.prog} {version}")
+        parser.exit()
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metadns", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action=_VersionAction)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="train/sample every (method, temperature) of a config")
+    run.set_defaults(handler=_run)
     run.add_argument("config", type=Path, help="YAML run configuration")
     run.add_argument("--profile", default=None,
                      help="apply a named profile from the config's `profiles:` section (e.g. cpu, gpu)")
@@ -44,13 +65,17 @@ def _parser() -> argparse.ArgumentParser:
                           "names a cluster; inline: one process, one run after the other (debugging)")
     run.add_argument("--address", default=None,
                      help="Ray cluster to join, e.g. 10.0.0.1:6379 (default: $RAY_ADDRESS, else a local instance)")
+    run.add_argument("--dry-run", action="store_true",
+                     help="validate the config's schema and print the run folders it would make; run and write nothing")
     energy = commands.add_parser("energy", help="energies of structure files with a config's alloy backend")
+    energy.set_defaults(handler=_energy)
     energy.add_argument("files", type=Path, nargs="+", help="structures in any format ASE reads (extxyz, POSCAR, cif)")
     energy.add_argument("--config", type=Path, required=True, help="YAML config with an alloy system")
     energy.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a dotted config key, e.g. --set 'system.energy={name: ase}'")
     energy.add_argument("--out", type=Path, default=None, help="also write the table to this .parquet file")
     fit = commands.add_parser("fit-ce", help="fit a binary FCC cluster expansion to EMT or MACE energies")
+    fit.set_defaults(handler=_fit_ce)
     fit.add_argument("--out", type=Path, required=True, help="icet .ce file to write")
     fit.add_argument("--label", choices=("emt", "mace"), default="emt", help="reference energies (default EMT)")
     fit.add_argument("--model", type=Path, default=None, help="MACE model file (with --label mace)")
@@ -65,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
     submit = commands.add_parser("submit", help="submit a campaign as a Slurm job (Ray head + workers, token auth on)")
+    submit.set_defaults(handler=_submit)
     submit.add_argument("config", type=Path, help="YAML run configuration (validated before submitting)")
     submit.add_argument("--out", type=Path, default=Path("runs"),
                         help="output root on shared storage (default: runs/); script and logs: OUT/<name>/slurm/")
@@ -98,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--dry-run", action="store_true", help="print the batch script; write and submit nothing")
     submit.add_argument("--wait", action="store_true", help="wait for the job (sbatch --wait); exit 1 if it failed")
     tune = commands.add_parser("tune", help="Ray Tune sweep (ASHA) of the config keys in its `tune:` section")
+    tune.set_defaults(handler=_tune)
     tune.add_argument("config", type=Path, help="YAML run configuration with a `tune:` section (optional)")
     tune.add_argument("--out", type=Path, default=Path("runs"), help="output root (default: runs/); "
                       "writes DIR/<name>/tune/{trials.parquet,history.parquet,best.yaml}")
@@ -108,43 +135,52 @@ def _parser() -> argparse.ArgumentParser:
                       help="Ray cluster to join, e.g. 10.0.0.1:6379 (default: $RAY_ADDRESS, else a local instance)")
     tune.add_argument("--quiet", action="store_true", help="no Tune progress output")
     report = commands.add_parser("report", help="dataset, summary table, plots and alloy phase diagram of finished runs")
+    report.set_defaults(handler=_report)
     report.add_argument("dir", type=Path, help="folder searched (recursively) for finished run folders")
     report.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command and return its exit code: the one place errors become exit codes."""
     args = _parser().parse_args(argv)
-    if args.command == "run":
-        return _run(args)
-    if args.command == "energy":
-        return _energy(args)
-    if args.command == "fit-ce":
-        return _fit_ce(args)
-    if args.command == "submit":  # renders and calls sbatch; never imports ray
-        from pipeline.distributed.submit import submit_command  # noqa: PLC0415
-        return submit_command(args)
-    if args.command == "tune":  # Ray is imported only when tuning
-        from pipeline.distributed.tune import tune_command  # noqa: PLC0415
-        return tune_command(args.config, args.out, args.overrides, args.profile, args.address, not args.quiet)
-    if args.command == "report":  # dataset, summary, plots, phase diagram of finished runs
-        from pipeline.campaign_report import report_command  # noqa: PLC0415
-        return report_command(args.dir, quiet=args.quiet)
-    return 2
+    try:
+        return args.handler(args)
+    except SetupError as error:  # bad input, found before anything was written
+        print(f"metadns: error: {error}", file=sys.stderr)
+        return 2
+    except Exception:  # a failure during a run: report it in full
+        traceback.print_exc()
+        return 1
+
+
+def _submit(args) -> int:
+    from pipeline.distributed.submit import submit_command  # noqa: PLC0415 - renders and calls sbatch; never imports ray
+
+    return submit_command(args)
+
+
+def _tune(args) -> int:
+    from pipeline.distributed.tune import tune_command  # noqa: PLC0415 - Ray is imported only when tuning
+
+    return tune_command(args.config, args.out, args.overrides, args.profile, args.address, not args.quiet)
+
+
+def _report(args) -> int:
+    from pipeline.campaign_report import report_command  # noqa: PLC0415
+
+    return report_command(args.dir, quiet=args.quiet)
 
 
 def _fit_ce(args) -> int:
     from systems.alloys.fitting import fit_cluster_expansion  # noqa: PLC0415 - icet/trainstation on demand
 
-    try:
+    with setup_errors(ValueError, FileNotFoundError):  # bad arguments: a species, a model file, a fit method
         report = fit_cluster_expansion(
             args.out, species=tuple(args.species), lattice_constant=args.lattice_constant, cutoffs=args.cutoffs,
             max_atoms=args.max_atoms, labeller=args.label, model=args.model,
             vegard_lattice_constants=tuple(args.vegard) if args.vegard else None, fit_method=args.fit_method,
             seed=args.seed, progress=not args.quiet)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"metadns: error: {error}", file=sys.stderr)
-        return 2
     print(f"{report.n_structures} structures, {report.n_parameters} parameters "
           f"({report.n_nonzero_parameters} non-zero); RMSE cross-validation {report.rmse_validation_meV:.2f} meV/atom, "
           f"training {report.rmse_train_meV:.2f} meV/atom\nwritten to {report.path}")
@@ -152,16 +188,18 @@ def _fit_ce(args) -> int:
 
 
 def _energy(args) -> int:
-    try:
+    from pipeline.config import load_config  # noqa: PLC0415
+    from pipeline.outputs import provenance_metadata, write_parquet  # noqa: PLC0415
+    from pipeline.build import build_system  # noqa: PLC0415 - torch
+    from pipeline.structures import energy_table, read_frames  # noqa: PLC0415
+
+    with setup_errors(FileNotFoundError):
         config = load_config(args.config, args.overrides)
         if config.system.name != "alloy":
             raise ConfigError("system.name", f"`metadns energy` needs an alloy system, got {config.system.name!r}")
         if args.out is not None and args.out.suffix != ".parquet":
             raise ConfigError("--out", f"must name a .parquet file, got {args.out}")
         table = energy_table(build_system(config), read_frames(args.files))
-    except (ConfigError, FrameError, FileNotFoundError) as error:
-        print(f"metadns: error: {error}", file=sys.stderr)
-        return 2
     print(table.to_string(index=False, float_format="{:.6f}".format))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -171,37 +209,51 @@ def _energy(args) -> int:
 
 
 def _run(args) -> int:
-    try:
-        if args.address and args.executor == "inline":
-            raise ConfigError("--address", "joins a Ray cluster, which only --executor ray uses; drop one of them")
+    from pipeline.config import grid_points, load_config  # noqa: PLC0415
+
+    if args.address and args.executor == "inline":
+        raise ConfigError("--address", "joins a Ray cluster, which only --executor ray uses; drop one of them")
+    with setup_errors(FileNotFoundError):
         config = load_config(args.config, args.overrides, profile=args.profile)
+    points = grid_points(config)
+    if args.dry_run:
+        _print_run_folders(points, Path(args.out))
+        return 0
+
+    from pipeline.campaign_report import make_report  # noqa: PLC0415 - torch from here on
+    from pipeline.campaign import prepare_campaign  # noqa: PLC0415
+    from pipeline.comparison import write_and_print_comparison  # noqa: PLC0415
+    from pipeline.runner import run_campaign  # noqa: PLC0415
+
+    with setup_errors(FileNotFoundError):  # RunFolderExists is a SetupError already
         campaigns = [prepare_campaign(point_config, args.out, resume=args.resume, point=tag)
-                     for tag, point_config in grid_points(config)]
-    except (ConfigError, RunFolderExists, FileNotFoundError) as error:
-        print(f"metadns: error: {error}", file=sys.stderr)
-        return 2
+                     for tag, point_config in points]
     progress = not args.quiet
-    try:
-        if args.executor == "inline":
-            results = [run_campaign(campaign, progress=progress) for campaign in campaigns]
-        else:
-            results = _run_on_ray(campaigns, args.address, progress=progress)
-        for campaign, campaign_results in zip(campaigns, results):
-            if campaign.point:
-                print(f"\n== {campaign.point}")
-            print_comparison(campaign, campaign_results)
-        campaign_root = Path(args.out) / config.name
-        report = make_report(campaign_root, progress=False)
-    except ConfigError as error:  # the Ray cluster cannot fit the requested actors; nothing was written
-        print(f"metadns: error: {error}", file=sys.stderr)
-        return 2
-    except Exception:  # a failure during a run: report it in full, exit 1
-        traceback.print_exc()
-        return 1
+    if args.executor == "inline":
+        results = [run_campaign(campaign, progress=progress) for campaign in campaigns]
+    else:  # a ConfigError here: the Ray cluster cannot fit the requested actors; nothing was written
+        results = _run_on_ray(campaigns, args.address, progress=progress)
+    for campaign, campaign_results in zip(campaigns, results):
+        if campaign.point:
+            print(f"\n== {campaign.point}")
+        write_and_print_comparison(campaign, campaign_results)
+    campaign_root = Path(args.out) / config.name
+    report = make_report(campaign_root, progress=False)
     phase = "" if report.phase_diagram is None else f", phase diagram {campaign_root / 'phase_diagram.png'}"
     print(f"\ncampaign dataset {report.dataset}, summary {campaign_root / 'summary.parquet'}{phase} "
           f"(`metadns report {campaign_root}` prints them)")
     return 0
+
+
+def _print_run_folders(points, out: Path) -> None:
+    """One line per run folder a campaign would make: OUT/<name>/[<point>/]<method>_<temperature tag>
+    (the layout of :func:`pipeline.campaign.prepare_campaign`)."""
+    from pipeline.config import expand_runs  # noqa: PLC0415
+
+    for tag, config in points:
+        root = out / config.name / tag if tag else out / config.name
+        for spec in expand_runs(config):
+            print(root / spec.run_name)
 
 
 def _run_on_ray(campaigns, address: str | None, progress: bool):

@@ -38,7 +38,7 @@ import itertools
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,10 +46,12 @@ from typing import Any
 import numpy as np
 import yaml
 
+from pipeline.errors import ConfigError  # defined there, part of this module's interface
+from pipeline.registry import DEFAULT_SAMPLER_FAMILY, SAMPLER_FAMILIES
+
 __all__ = [
     "METHODS",
     "SYSTEM_NAMES",
-    "DENOISERS",
     "BOLTZMANN_CONSTANT",
     "SECTION_KEYS",
     "TOP_LEVEL_KEYS",
@@ -97,18 +99,6 @@ INITIALISATIONS: tuple[str, ...] = ("none", "previous_temperature")
 """Values of ``training.initialise_from``."""
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 """Values of ``training.device``."""
-DENOISERS: tuple[str, ...] = ("lattice", "transformer")
-SCHEDULES: tuple[str, ...] = ("uniform", "cosine")
-"""Denoiser networks accepted in ``sampler.denoiser``."""
-
-
-class ConfigError(ValueError):
-    """An invalid configuration.  ``field`` is the dotted key at fault ("" for the whole file)."""
-
-    def __init__(self, field: str, message: str):
-        self.field = field
-        self.message = message
-        super().__init__(f"{field}: {message}" if field else message)
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,20 +169,17 @@ class SystemConfig:
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    """MDNS network: denoiser kind, sites revealed per generation step, width/depth/heads.
+    """The sampler: ``family`` (a name of pipeline.registry.SAMPLER_FAMILIES) and that
+    family's options, validated and with defaults filled in (each family declares its own;
+    e.g. masked_diffusion: denoiser, sites_per_step, schedule, hidden, layers, heads).
+    In YAML the options sit beside ``family``: ``sampler: {family: autoregressive, hidden: 4}``."""
 
-    ``schedule``: how the D sites are cut into ⌈D/k⌉ reveal steps: ``uniform`` (groups of
-    k) or ``cosine`` (same number of steps, one site first and larger groups last, so the
-    first sites, drawn independently from an all-MASK context, cannot disagree on the
-    mode of an ordered phase). ``heads`` is used by the transformer denoiser only.
-    """
+    family: str = DEFAULT_SAMPLER_FAMILY
+    options: Mapping[str, Any] = dataclasses.field(
+        default_factory=lambda: SAMPLER_FAMILIES[DEFAULT_SAMPLER_FAMILY].defaults())
 
-    denoiser: str = "lattice"
-    sites_per_step: int = 4
-    schedule: str = "cosine"
-    hidden: int = 64
-    layers: int = 4
-    heads: int = 4
+    def to_dict(self) -> dict[str, Any]:
+        return {"family": self.family, **_plain(dict(self.options))}
 
 
 @dataclass(frozen=True)
@@ -328,7 +315,8 @@ class Config:
         ``config_from_dict(c.to_dict(), c.name) == c``."""
         out: dict[str, Any] = {"name": self.name, "seed": self.seed, "methods": list(self.methods)}
         out["system"] = self.system.to_dict()
-        for section in ("sampler", "bias", "training", "sampling", "reference", "distributed"):
+        out["sampler"] = self.sampler.to_dict()
+        for section in ("bias", "training", "sampling", "reference", "distributed"):
             out[section] = _plain(dataclasses.asdict(getattr(self, section)))
         if self.tune is not None:
             out["tune"] = _plain(copy.deepcopy(self.tune))
@@ -495,7 +483,6 @@ _REQUIRED = object()
 
 _SYSTEM_KEYS = ("name", *LATTICE_MODEL_KEYS, *ALLOY_KEYS, "beta", "temperature")
 _SECTION_CLASSES = {
-    "sampler": SamplerConfig,
     "bias": BiasConfig,
     "training": TrainingConfig,
     "sampling": SamplingConfig,
@@ -504,6 +491,7 @@ _SECTION_CLASSES = {
 }
 SECTION_KEYS: dict[str, tuple[str, ...]] = {
     "system": _SYSTEM_KEYS,
+    "sampler": ("family", *dict.fromkeys(name for entry in SAMPLER_FAMILIES.values() for name in entry.parameter_names)),
     **{name: tuple(f.name for f in dataclasses.fields(cls)) for name, cls in _SECTION_CLASSES.items()},
 }
 """Valid keys of each section."""
@@ -558,14 +546,6 @@ def _parse_system(raw: Mapping) -> SystemConfig:
         if "q" in s:
             raise ConfigError("system.q", f"q applies to potts only; remove it for {name}")
         q = None
-
-    has_beta, has_temperature = s.get("beta") is not None, s.get("temperature") is not None
-    if has_beta and has_temperature:
-        raise ConfigError("system.beta", "give exactly one of system.beta and system.temperature, not both")
-    if not (has_beta or has_temperature):
-        raise ConfigError(
-            "system.beta", "give exactly one of system.beta or system.temperature, e.g. `beta: [0.28, 0.6]`"
-        )
     return _with_temperatures(s, SystemConfig(name=name, L=L, J=J, field=field, q=q))
 
 
@@ -582,6 +562,114 @@ def _with_temperatures(s: Mapping, system: SystemConfig) -> SystemConfig:
     if len(set(values)) != len(values):
         raise ConfigError(f"system.{key}", f"values must be distinct, got {list(values)}; remove the repeats")
     return dataclasses.replace(system, beta=values if has_beta else None, temperature=None if has_beta else values)
+
+
+_TORCH_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+_CALCULATOR = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def _model_file(value: Any, field: str, example: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(field, f"must be a model file or a shipped model's name, got {_describe(value)}; e.g. {example}")
+    return value
+
+
+def _torch_device(value: Any, field: str, example: str) -> str:
+    if not isinstance(value, str) or not _TORCH_DEVICE.match(value):
+        raise ConfigError(field, f"must be a torch device: cpu, cuda or cuda:<index>; got {_describe(value)}; "
+                                 f"e.g. {example}")
+    return value
+
+
+def _mace_dtype(value: Any, field: str, example: str) -> str:
+    return _choice(value, field, ("float64", "float32"))
+
+
+def _batch_size(value: Any, field: str, example: str) -> int | None:
+    return None if value is None else _int(value, field, ge=1, example=example)
+
+
+def _vegard_lattice_constants(value: Any, field: str, example: str) -> list[float] | None:
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ConfigError(field, f"must be two lattice constants in Å (pure species[0], pure species[1]) or null; "
+                                 f"got {_describe(value)}; e.g. {example}")
+    return [_entry(_float, a, i, field, gt=0, example=example) for i, a in enumerate(value)]
+
+
+def _ase_calculator(value: Any, field: str, example: str) -> str:
+    if not isinstance(value, str) or not _CALCULATOR.match(value):
+        raise ConfigError(field, f"must be 'package.module:ClassName', got {_describe(value)}; e.g. {example}")
+    return value
+
+
+def _calculator_parameters(value: Any, field: str, example: str) -> dict | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
+        raise ConfigError(field, f"must be a mapping of the calculator's keyword arguments, got {_describe(value)}; "
+                                 f"e.g. {example}")
+    return copy.deepcopy(dict(value))
+
+
+@dataclass(frozen=True)
+class EnergyOption:
+    """One key of ``system.energy``: ``parse(value, field, example)`` returns the checked
+    value or raises ConfigError; a ``required`` key has no default in the backend."""
+
+    parse: Callable[[Any, str, str], Any]
+    example: str
+    required: bool = False
+
+
+_DEVICE = EnergyOption(_torch_device, "`device: cpu` (or cuda)")
+_VEGARD = EnergyOption(_vegard_lattice_constants, "`vegard_lattice_constants: [3.5898, 4.0562]` (Å)")
+ENERGY_BACKEND_OPTIONS: dict[str, dict[str, EnergyOption]] = {
+    "cluster_expansion": {
+        "model": EnergyOption(_model_file, "`model: cuau_paper` (shipped) or an icet .ce / project .json file",
+                              required=True),
+        "device": _DEVICE,
+    },
+    "mace": {
+        "model": EnergyOption(_model_file, "`model: cuau_emt` (shipped) or a MACE model file", required=True),
+        "device": _DEVICE,
+        "dtype": EnergyOption(_mace_dtype, "`dtype: float64`"),
+        "batch_size": EnergyOption(_batch_size, "`batch_size: null` (automatic) or `batch_size: 64`"),
+        "vegard_lattice_constants": _VEGARD,
+    },
+    "ase": {
+        "calculator": EnergyOption(_ase_calculator, "`calculator: ase.calculators.emt:EMT` (the default)"),
+        "parameters": EnergyOption(_calculator_parameters, "`parameters: {}`"),
+        "vegard_lattice_constants": _VEGARD,
+    },
+}
+"""Keys of ``system.energy`` besides ``name``, per backend: the keyword arguments of the
+backend constructors (systems.alloys ClusterExpansionBackend, MACEBackend,
+ASECalculatorBackend; ``model`` is their ``model_path``); defaults are the constructors'."""
+
+
+def _parse_energy(energy: Any) -> dict[str, Any]:
+    """``system.energy``: a backend ``name`` and its options (:data:`ENERGY_BACKEND_OPTIONS`), checked."""
+    if not isinstance(energy, Mapping) or not isinstance(energy.get("name"), str):
+        raise ConfigError("system.energy", "must be a mapping naming the backend, e.g. "
+                          "`energy: {name: cluster_expansion, model: cuau_paper}` or `energy: {name: ase}` (EMT); "
+                          f"got {_describe(energy)}")
+    name = energy["name"]
+    if name not in ENERGY_BACKEND_OPTIONS:
+        close = difflib.get_close_matches(name, ENERGY_BACKEND_OPTIONS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError("system.energy.name", f"unknown energy backend {name!r}; valid names: "
+                                                f"{', '.join(ENERGY_BACKEND_OPTIONS)}{hint}")
+    options = ENERGY_BACKEND_OPTIONS[name]
+    for key in energy:
+        if key != "name" and key not in options:
+            raise _unknown_key_error(f"system.energy.{key}", key, ("name", *options))
+    for key, option in options.items():
+        if option.required and key not in energy:
+            raise ConfigError(f"system.energy.{key}", f"is required by the {name} backend; e.g. {option.example}")
+    return {"name": name, **{key: options[key].parse(value, f"system.energy.{key}", options[key].example)
+                             for key, value in energy.items() if key != "name"}}
 
 
 def _parse_alloy(s: Mapping) -> dict[str, Any]:
@@ -603,27 +691,61 @@ def _parse_alloy(s: Mapping) -> dict[str, Any]:
         raise ConfigError("system.species", f"must be two different chemical symbols, occupation 0 then 1, e.g. "
                           f"`species: [Cu, Au]`; got {_describe(species)}")
     out["species"] = list(species)
-    energy = out["energy"]
-    if not isinstance(energy, Mapping) or not isinstance(energy.get("name"), str):
-        raise ConfigError("system.energy", "must be a mapping naming the backend, e.g. "
-                          "`energy: {name: cluster_expansion, model: cuau_paper}` or `energy: {name: ase}` (EMT); "
-                          f"got {_describe(energy)}")
-    out["energy"] = dict(energy)
+    out["energy"] = _parse_energy(out["energy"])
     out["delta_mu"] = _float(out["delta_mu"], "system.delta_mu", example="`delta_mu: 0.0` (eV)")
     out["cv"] = _choice(out["cv"], "system.cv", ("composition", "composition_order"))
     return out
 
 
 def _parse_sampler(raw: Mapping) -> SamplerConfig:
-    s, d = _section(raw, "sampler"), SamplerConfig()
-    return SamplerConfig(
-        denoiser=_choice(s.get("denoiser", d.denoiser), "sampler.denoiser", DENOISERS),
-        sites_per_step=_int(s.get("sites_per_step", d.sites_per_step), "sampler.sites_per_step", ge=1),
-        schedule=_choice(s.get("schedule", d.schedule), "sampler.schedule", SCHEDULES),
-        hidden=_int(s.get("hidden", d.hidden), "sampler.hidden", ge=1, example="`hidden: 64`"),
-        layers=_int(s.get("layers", d.layers), "sampler.layers", ge=1, example="`layers: 4`"),
-        heads=_int(s.get("heads", d.heads), "sampler.heads", ge=1, example="`heads: 4`"),
-    )
+    s = _section(raw, "sampler")
+    family = _choice(s.pop("family", DEFAULT_SAMPLER_FAMILY), "sampler.family", tuple(SAMPLER_FAMILIES))
+    return SamplerConfig(family, parse_parameters(s, SAMPLER_FAMILIES[family], "sampler",
+                                                  owner=f"sampler.family {family}"))
+
+
+def parse_parameters(values: Mapping, entry, prefix: str, owner: str = "") -> dict[str, Any]:
+    """Validate ``values`` against the parameters ``entry`` (a registry Entry) declares:
+    unknown keys are refused, required ones demanded, defaults filled in; errors name
+    ``<prefix>.<key>``.  ``owner`` (e.g. "sampler.family autoregressive") says in messages
+    whose options these are."""
+    names = entry.parameter_names
+    for key in values:
+        if key not in names:
+            error = _unknown_key_error(f"{prefix}.{key}", key, names)
+            raise ConfigError(error.field, f"{error.message}" + (f" (options of {owner})" if owner else ""))
+    out = {}
+    for parameter in entry.parameters:
+        field = f"{prefix}.{parameter.name}"
+        if parameter.name not in values:
+            if parameter.required:
+                example = f", e.g. {parameter.example}" if parameter.example else ""
+                raise ConfigError(field, f"is required: {parameter.doc}{example}")
+            out[parameter.name] = copy.deepcopy(parameter.default)
+            continue
+        out[parameter.name] = _parameter_value(values[parameter.name], parameter, field)
+    return out
+
+
+def _parameter_value(value: Any, parameter, field: str) -> Any:
+    """One declared parameter's value, type- and bound-checked (see systems.parameters)."""
+    if value is None and parameter.nullable:
+        return None
+    kind, example = parameter.kind, parameter.example
+    if kind == "int":
+        return _int(value, field, ge=parameter.ge, example=example)
+    if kind == "float":
+        return _float(value, field, gt=parameter.gt, ge=parameter.ge, lt=parameter.lt, example=example)
+    if kind == "bool":
+        return _bool(value, field)
+    if kind == "choice":
+        return _choice(value, field, parameter.choices)
+    if kind == "str":
+        if not isinstance(value, str) or not value:
+            raise ConfigError(field, f"must be a non-empty string; got {_describe(value)}" +
+                              (f", e.g. {example}" if example else ""))
+        return value
+    raise ConfigError(field, f"parameters of kind {kind!r} are not supported here")
 
 
 def _parse_bias(raw: Mapping) -> BiasConfig:
@@ -1091,11 +1213,13 @@ def validate_bias_grid(config: Config, cv_spec: Any, *, tolerance: float = 1e-9)
     """Check the bias settings against a CV and return the resolved per-dimension grid.
 
     ``cv_spec`` needs ``.names``, ``.lower``, ``.upper``, ``.dim`` and optionally ``.spacing``
-    (distance between attainable CV values).  Checks: list lengths of sigma / grid_points /
-    grid_min / grid_max equal ``dim``; [grid_min, grid_max] covers [lower, upper]; with
-    ``grid_points: null`` the bounds are CV values (lower − k·spacing) and the node count is
-    aligned to the spacing; explicit ``grid_points`` must not be coarser than the spacing
-    (several CV values would share one node).  Raises :class:`ConfigError` naming the field.
+    (distance between attainable CV values).  A grid fits the CV when its nodes are the CV's
+    attainable values and its range is the CV's range, so: list lengths of sigma /
+    grid_points / grid_min / grid_max equal ``dim``; grid_min / grid_max, when given, equal
+    the CV's lower / upper (within ``tolerance`` times the range); explicit ``grid_points``
+    equal the aligned count round((upper − lower) / spacing) + 1, which ``grid_points: null``
+    resolves to (a CV without spacing needs explicit grid_points).  The returned bounds are
+    the CV's.  Raises :class:`ConfigError` naming the field.
     """
     bias = config.bias
     dim = int(cv_spec.dim)
@@ -1107,50 +1231,37 @@ def validate_bias_grid(config: Config, cv_spec: Any, *, tolerance: float = 1e-9)
 
     sigma = _per_dim(bias.sigma, dim, "bias.sigma", names)
     points = _per_dim(bias.grid_points, dim, "bias.grid_points", names)
-    gmin = _per_dim(bias.grid_min, dim, "bias.grid_min", names) or lower
-    gmax = _per_dim(bias.grid_max, dim, "bias.grid_max", names) or upper
+    bounds = (("grid_min", "lower", bias.grid_min, lower), ("grid_max", "upper", bias.grid_max, upper))
+    for key, end, value, cv_end in bounds:
+        given = _per_dim(value, dim, f"bias.{key}", names)
+        if given is None:
+            continue
+        for k in range(dim):
+            if abs(given[k] - cv_end[k]) > tolerance * max(1.0, upper[k] - lower[k]):
+                raise ConfigError(
+                    f"bias.{key}",
+                    f"{given[k]} is not the {end} end of CV {names[k]!r}, which ranges over [{lower[k]}, {upper[k]}]; "
+                    f"the grid must span exactly the CV range: set {key}: {cv_end[k]} or leave it null",
+                )
 
     resolved_points = []
     for k in range(dim):
-        span = max(1.0, upper[k] - lower[k])
-        tol = tolerance * span
-        if gmin[k] > lower[k] + tol:
-            raise ConfigError(
-                "bias.grid_min",
-                f"grid starts at {gmin[k]} but CV {names[k]!r} reaches down to {lower[k]}; "
-                f"set grid_min <= {lower[k]} or leave it null",
-            )
-        if gmax[k] < upper[k] - tol:
-            raise ConfigError(
-                "bias.grid_max",
-                f"grid ends at {gmax[k]} but CV {names[k]!r} reaches up to {upper[k]}; "
-                f"set grid_max >= {upper[k]} or leave it null",
-            )
-        if points is None:
-            if spacing is None:
+        if spacing is None:
+            if points is None:
                 raise ConfigError(
                     "bias.grid_points", f"CV {names[k]!r} has no spacing to align to; give grid_points explicitly"
                 )
-            for field, bound in (("bias.grid_min", gmin[k]), ("bias.grid_max", gmax[k])):
-                steps = (lower[k] - bound) / spacing[k]
-                if abs(steps - round(steps)) > 1e-6:
-                    raise ConfigError(
-                        field,
-                        f"{bound} is not an attainable value of CV {names[k]!r} (values {lower[k]} + k*{spacing[k]}), "
-                        "so an aligned grid (grid_points: null) cannot start or end there; "
-                        "use attainable bounds or give grid_points",
-                    )
-            resolved_points.append(int(round((gmax[k] - gmin[k]) / spacing[k])) + 1)
-        else:
-            if spacing is not None:
-                node_spacing = (gmax[k] - gmin[k]) / (points[k] - 1)
-                if node_spacing > spacing[k] * (1 + 1e-9):
-                    needed = int(round((gmax[k] - gmin[k]) / spacing[k])) + 1
-                    raise ConfigError(
-                        "bias.grid_points",
-                        f"{points[k]} points put nodes {node_spacing:.6g} apart, coarser than the spacing "
-                        f"{spacing[k]:.6g} of CV {names[k]!r}, so several CV values would share a node; "
-                        f"use grid_points: null (aligned) or at least {needed}",
-                    )
             resolved_points.append(points[k])
-    return BiasGrid(lower=tuple(gmin), upper=tuple(gmax), grid_points=tuple(resolved_points), sigma=sigma)
+            continue
+        aligned = int(round((upper[k] - lower[k]) / spacing[k])) + 1
+        if points is not None and points[k] != aligned:
+            misfit = "several CV values would share a node" if points[k] < aligned else \
+                "nodes would lie between the CV values"
+            raise ConfigError(
+                "bias.grid_points",
+                f"{points[k]} nodes do not fit CV {names[k]!r}, which takes {aligned} values (spacing "
+                f"{spacing[k]:.6g} over [{lower[k]}, {upper[k]}]): {misfit}; "
+                f"use grid_points: null (aligned) or exactly {aligned}",
+            )
+        resolved_points.append(aligned)
+    return BiasGrid(lower=lower, upper=upper, grid_points=tuple(resolved_points), sigma=sigma)

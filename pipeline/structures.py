@@ -15,11 +15,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipeline.errors import FrameError  # defined there, part of this module's interface
+
 __all__ = ["read_frames", "energy_table", "FrameError"]
-
-
-class FrameError(ValueError):
-    """A structure file cannot be read or one of its frames does not fit the system."""
 
 
 def read_frames(paths) -> list[tuple[str, object]]:

@@ -4,8 +4,9 @@ One outer iteration:
   1. draw a fresh batch of B samples (x, order, log q) from the EMA sampler;
   2. deposit one well-tempered hill per fresh sample into the bias (MetaDNS only),
      all against the same snapshot of V;
-  3. take N_inner WDCE gradient steps on that batch (plus replay-buffer samples when
-     enabled), with weights log w = −β[E(x) + V(ξ(x))] − log q(x|σ) under the current V;
+  3. take N_inner gradient steps of the sampler family's loss on that batch (plus
+     replay-buffer samples when enabled), with log-weights log w = −β[E(x) + V(ξ(x))] − log q
+     under the current V (WDCE for masked diffusion);
   4. update the EMA copy after every gradient step.
 Hills are deposited on fresh samples only; reused samples never deposit again.
 
@@ -27,8 +28,8 @@ from tqdm.auto import tqdm
 
 from pipeline.bias import WellTemperedGridBias
 from pipeline.config import TrainingConfig
-from pipeline.estimators import kish_ess, normalized_weights
-from pipeline.sampler import MaskedDiffusionSampler, wdce_backward
+from pipeline.estimators import kish_ess
+from pipeline.sampler.base import SampleBatch, Sampler, batch_on_cpu
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,8 @@ class CVRangeSeen:
 
 
 class DualLoopTrainer:
-    """Trains a MaskedDiffusionSampler on π_V ∝ exp(−β[E + V]) with the dual loop.
+    """Trains a sampler (any family of the protocol in pipeline.sampler.base) on
+    π_V ∝ exp(−β[E + V]) with the dual loop.
 
     ``bias=None`` trains plain MDNS (V ≡ 0). With ``warmstart``, the first
     ``settings.warmstart_iterations`` outer iterations train at ``settings.warmstart_beta``
@@ -152,7 +154,7 @@ class DualLoopTrainer:
     object with the WellTemperedGridBias interface (the Ray layer's bias-server client).
     """
 
-    def __init__(self, system, sampler: MaskedDiffusionSampler, beta: float,
+    def __init__(self, system, sampler: Sampler, beta: float,
                  settings: TrainingConfig, bias: WellTemperedGridBias | None = None,
                  seed: int = 0, warmstart: bool = False, energy_fn=None):
         if beta <= 0:
@@ -230,7 +232,7 @@ class DualLoopTrainer:
         energies and CVs, kept for :meth:`learn`.  Returns the CVs, float64 (B, d): the
         hills this iteration deposits (by :meth:`step`, or by a multiple-walker coordinator)."""
         start = time.perf_counter()
-        fresh = _on_cpu(self.ema_sampler.sample(self.settings.batch_size, self.generator))
+        fresh = batch_on_cpu(self.ema_sampler.sample(self.settings.batch_size, self.generator))
         energy = self.energy_fn(fresh.x)
         cv = self.system.cv(fresh.x)
         self.energy_evaluations += self.settings.batch_size
@@ -254,7 +256,7 @@ class DualLoopTrainer:
             self.bias.record_deposit(centres, heights, values)
 
         # Weights under the target the next N_inner steps train towards (V after deposition).
-        train_x = fresh.x
+        train_x, train_log_q = fresh.x, fresh.log_q
         log_w = self._log_weights(energy, self._bias_energy(cv, bias_on), fresh.log_q, beta)
         fresh_ess_fraction = kish_ess(log_w.numpy()) / s.batch_size
         if self.replay is not None:
@@ -264,16 +266,15 @@ class DualLoopTrainer:
                 old_log_w = self._log_weights(self.energy_fn(old_x),
                                               self._bias_energy(old_cv, bias_on), old_log_q, beta)
                 train_x = torch.cat([fresh.x, old_x])
+                train_log_q = torch.cat([fresh.log_q, old_log_q])
                 log_w = torch.cat([log_w, old_log_w])
             self.replay.add(fresh.x, fresh.log_q, self._cv_strata(cv))
-        weights = torch.from_numpy(normalized_weights(log_w.numpy())).to(torch.float32)
 
         self.sampler.train()
         loss_total = 0.0
         for _ in range(s.inner_steps):
             self.optimizer.zero_grad(set_to_none=True)
-            loss_total += wdce_backward(self.sampler.denoiser, train_x, weights, s.maskings,
-                                        self.generator, self.system.n_states)
+            loss_total += self.sampler.loss_backward(train_x, log_w, train_log_q, self.generator)
             self.optimizer.step()
             self.gradient_steps += 1
             self._ema_update()
@@ -295,20 +296,21 @@ class DualLoopTrainer:
         self.history.append(record)
         return record
 
-    def train(self, progress: bool = True, on_iteration=None) -> list[IterationRecord]:
-        """Run the remaining outer iterations; ``on_iteration(trainer)`` after each one
-        (the runner checkpoints there). Returns the full history."""
-        return _train_loop(self, progress, on_iteration)
+    def train(self, callbacks=(), progress: bool = True) -> list[IterationRecord]:
+        """Run the remaining outer iterations (see :func:`train`); returns the full history."""
+        return train(self, callbacks, progress)
 
     def sample_final(self, n: int, batch_size: int | None = None):
         """n fresh samples (SampleBatch, on the CPU) from the EMA sampler, drawn with the
         trainer's generator."""
-        return _on_cpu(self.ema_sampler.sample(n, self.generator, batch_size=batch_size))
+        return batch_on_cpu(self.ema_sampler.sample(n, self.generator, batch_size=batch_size))
 
-    def score_final(self, x: torch.Tensor, order: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    def score_final(self, x: torch.Tensor, order: torch.Tensor | None, batch_size: int | None = None) -> torch.Tensor:
         """log q(x, order) under the EMA sampler: float64 (n,) on the CPU, in nats.  x (n, D)
-        and order (n, D) in any integer dtype (walkers pass int8 / int16 to cut transfer)."""
-        return self.ema_sampler.log_prob(x.long(), order.long(), batch_size=batch_size).cpu()
+        and order (n, D) in any integer dtype (walkers pass int8 / int16 to cut transfer);
+        order None for samplers with an exact q(x)."""
+        order = order.long() if order is not None else None
+        return self.ema_sampler.log_prob(x.long(), order, batch_size=batch_size).cpu()
 
     def start_from(self, ema_state: dict) -> None:
         """Set the sampler and its EMA copy to a trained EMA sampler's weights (warm start)."""
@@ -355,14 +357,14 @@ class DualLoopTrainer:
         self.history = [IterationRecord(**r) for r in state["history"]]
 
 
-def _on_cpu(batch):
-    """A SampleBatch with its tensors on the CPU (energies, CVs and weights are computed there)."""
-    return type(batch)(batch.x.cpu(), batch.order.cpu(), batch.log_q.cpu())
+def train(trainer, callbacks=(), progress: bool = True) -> list[IterationRecord]:
+    """Run the remaining outer iterations of ``trainer`` (DualLoopTrainer or
+    MultiWalkerTrainer) with a progress bar.
 
-
-def _train_loop(trainer, progress: bool, on_iteration) -> list[IterationRecord]:
-    """Outer iterations of ``trainer`` (DualLoopTrainer or MultiWalkerTrainer) until finished,
-    with a progress bar; ``on_iteration(trainer)`` after each."""
+    After each iteration every callback is called in order as ``callback(trainer)``; one that
+    returns False stops training after that iteration (the others of that iteration still
+    run).  Callbacks do the run's bookkeeping — checkpoints, FES-RMSE history, progress and
+    Tune reports (pipeline.callbacks).  Returns the full history."""
     bar = tqdm(total=trainer.total_iterations, initial=trainer.iteration,
                desc="outer iteration", disable=not progress, dynamic_ncols=True)
     with bar:
@@ -372,8 +374,9 @@ def _train_loop(trainer, progress: bool, on_iteration) -> list[IterationRecord]:
             bar.set_postfix(loss=f"{record.loss:.3g}", ess=f"{record.ess_fraction:.2f}",
                             maxV_kT=f"{record.max_bias_kT:.2f}",
                             coverage=f"{record.cv_coverage:.2f}", refresh=False)
-            if on_iteration is not None:
-                on_iteration(trainer)
+            answers = [callback(trainer) for callback in callbacks]
+            if any(answer is False for answer in answers):
+                break
     return trainer.history
 
 
@@ -444,9 +447,9 @@ class MultiWalkerTrainer:
         self.history.append(record)
         return record
 
-    def train(self, progress: bool = True, on_iteration=None) -> list[IterationRecord]:
-        """Run the remaining rounds (see DualLoopTrainer.train)."""
-        return _train_loop(self, progress, on_iteration)
+    def train(self, callbacks=(), progress: bool = True) -> list[IterationRecord]:
+        """Run the remaining outer iterations (see :func:`train`); returns the full history."""
+        return train(self, callbacks, progress)
 
     def sample_final(self, n: int, batch_size: int | None = None):
         """n samples from the walkers' equal mixture, split as evenly as possible over the
@@ -461,16 +464,18 @@ class MultiWalkerTrainer:
         n_walkers = len(self.walkers)
         counts = [n // n_walkers + (w < n % n_walkers) for w in range(n_walkers)]
         batches = self.call(self.walkers, "sample_final", [(c, batch_size) for c in counts])
-        x, order, own_log_q = (torch.cat([getattr(b, f) for b in batches]) for f in ("x", "order", "log_q"))
+        x, own_log_q = torch.cat([b.x for b in batches]), torch.cat([b.log_q for b in batches])
+        order = torch.cat([b.order for b in batches]) if batches[0].order is not None else None
         owner = torch.repeat_interleave(torch.arange(n_walkers), torch.tensor(counts))
         others = [owner != w for w in range(n_walkers)]
         scores = self.call(self.walkers, "score_final",
-                           [(x[m].to(torch.int8), order[m].to(torch.int16), batch_size) for m in others])
+                           [(x[m].to(torch.int8), order[m].to(torch.int16) if order is not None else None, batch_size)
+                            for m in others])
         log_q = torch.empty((n_walkers, x.shape[0]), dtype=torch.float64)
         log_q[owner, torch.arange(x.shape[0])] = own_log_q
         for walker, (mask, score) in enumerate(zip(others, scores)):  # loop over walkers
             log_q[walker, mask] = score
-        return type(batches[0])(x, order, torch.logsumexp(log_q, dim=0) - math.log(n_walkers))
+        return SampleBatch(x, order, torch.logsumexp(log_q, dim=0) - math.log(n_walkers))
 
     def state_dict(self) -> dict:
         return {"walkers": self.call(self.walkers, "state_dict"), "iteration": self.iteration,

@@ -136,6 +136,10 @@ class LatticeSystem(abc.ABC):
       cv_spec:            :class:`CVSpec` of :meth:`cv`.
       observable_units:   unit per key of :meth:`observables` (``"1"`` = dimensionless).
       headline_observables: the few observables that summary tables show.
+      chemical_potential: Δμ of a semi-grand-canonical system (energy unit), which shifts
+                          E by −Δμ·N₁; 0 for systems without one.
+      composition_observable: name of the observable that is a composition (e.g.
+                          ``"x_Au"``), reweightable in Δμ; None for systems without one.
     """
 
     name: str
@@ -148,6 +152,8 @@ class LatticeSystem(abc.ABC):
     cv_spec: CVSpec
     observable_units: dict[str, str]
     headline_observables: tuple[str, ...]
+    chemical_potential: float = 0.0
+    composition_observable: str | None = None
 
     @abc.abstractmethod
     def energy_per_site_bin_edges(self) -> np.ndarray:

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from pipeline.config import load_config
-from pipeline.runner import prepare_campaign
+from pipeline.campaign import prepare_campaign
 
 WORKFLOWS = sorted(Path(__file__).resolve().parents[1].joinpath("workflows").rglob("*.yaml"))
 

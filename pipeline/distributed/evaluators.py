@@ -25,7 +25,7 @@ import torch
 from ray.exceptions import ActorUnavailableError, RayActorError
 
 from pipeline.config import config_from_dict
-from pipeline.runner import build_system
+from pipeline.build import build_system
 
 MIN_CHUNK = 32
 """Smallest piece a request is split into for parallel evaluation (configurations)."""

@@ -25,7 +25,9 @@ from pipeline.distributed.evaluators import EvaluatorPool, PoolEnergy
 from pipeline.distributed.progress import ProgressBars, ProgressBoard, reporter
 from pipeline.distributed.session import cluster_cpus, cluster_gpus
 from pipeline.distributed.walkers import walker_factory
-from pipeline.runner import NEURAL_METHODS, UNBIASED_REFERENCES, Campaign, RunResult, RunServices, execute_run
+from pipeline.campaign import UNBIASED_REFERENCES, Campaign
+from pipeline.registry import METHODS
+from pipeline.runner import RunResult, RunServices, execute_run
 
 
 PROGRESS_POLL_S = 0.5
@@ -97,7 +99,7 @@ def _jobs(campaigns: list[Campaign]) -> list[_Job]:
                 references.setdefault(spec.temperature_tag, set()).add(str(campaign.root / spec.run_name))
         for spec in campaign.runs:
             needs = set() if spec.method in UNBIASED_REFERENCES else set(references.get(spec.temperature_tag, ()))
-            if campaign.config.training.initialise_from == "previous_temperature" and spec.method in NEURAL_METHODS:
+            if campaign.config.training.initialise_from == "previous_temperature" and METHODS[spec.method].traits["trained"]:
                 previous = campaign.previous_temperature(spec)
                 if previous is not None:
                     needs.add(str(campaign.root / previous.run_name))

@@ -22,9 +22,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.config import Config, ConfigError, grid_points, load_config
+from pipeline.config import Config, grid_points, load_config
+from pipeline.errors import SubmitError, setup_errors  # SubmitError: defined there, part of this module's interface
 from pipeline.outputs import atomic_write_text
-from pipeline.runner import RunFolderExists, prepare_campaign
+from pipeline.campaign import prepare_campaign
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "cluster" / "metadns_ray.sbatch.template"
 SCRIPT_NAME = "job.sbatch"
@@ -37,14 +38,6 @@ _MEMORY = re.compile(r"^\d+[KMGT]?$", re.IGNORECASE)
 _FIELD = re.compile(r"\{\{([A-Z_]+)\}\}")
 FINISHED_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
                              "BOOT_FAIL", "DEADLINE", "PREEMPTED", "SPECIAL_EXIT"})
-
-
-class SubmitError(Exception):
-    """Bad ``metadns submit`` input; ``option`` names the option at fault."""
-
-    def __init__(self, option: str, message: str):
-        super().__init__(f"{option}: {message}")
-        self.option = option
 
 
 @dataclass(frozen=True)
@@ -182,7 +175,7 @@ def render(options: SubmitOptions) -> RenderedJob:
     out = (workdir / Path(options.out).expanduser()).resolve()
     config = load_config(config_path, options.overrides, profile=options.profile)
     for tag, point_config in grid_points(config):  # everything `metadns run --resume` checks before writing
-        prepare_campaign(point_config, out, resume=True, point=tag)
+        prepare_campaign(point_config, out, resume=True, point=tag, check_device=False)  # validated for the job's nodes
     slurm_dir = out / config.name / "slurm"
     for option, path in (("--out", slurm_dir), ("CONFIG", config_path), ("working directory", workdir)):
         _sbatch_value(option, str(path))
@@ -342,18 +335,15 @@ def options_from_args(args) -> SubmitOptions:
 
 
 def submit_command(args) -> int:
-    """``metadns submit``: 0 submitted (or printed with --dry-run); 2 bad options, an invalid
-    config, a clash with existing runs or jobs, sbatch missing or refusing; with --wait, 1 when
-    the job did not end with status 0."""
-    try:
+    """``metadns submit``: 0 submitted (or printed with --dry-run); with --wait, 1 when the job
+    did not end with status 0.  Bad options, an invalid config, a clash with existing runs or
+    jobs, sbatch missing or refusing raise a SetupError (``metadns`` exits 2)."""
+    with setup_errors(FileNotFoundError):
         job = render(options_from_args(args))
         if args.dry_run:
             sys.stdout.write(job.script)
             return 0
         _, status = submit(job, wait=args.wait)
-    except (SubmitError, ConfigError, RunFolderExists, FileNotFoundError) as error:
-        print(f"metadns: error: {error}", file=sys.stderr)
-        return 2
     return 0 if status == 0 else 1
 
 

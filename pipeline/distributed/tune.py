@@ -2,10 +2,10 @@
 
 A config's ``tune:`` section names a search space over dotted config keys; every trial
 trains one sampler (``metadns`` by default, or ``mdns``) at one of the config's temperatures,
-exactly as ``metadns run`` builds it (:func:`pipeline.runner.build_system`, ``build_sampler``,
-``build_bias``), and every ``report_every`` outer iterations draws fresh samples from the EMA
-sampler and reports an objective to Tune, whose ASHA scheduler stops the trials that fall
-behind. Keys of the section (all optional)::
+exactly as ``metadns run`` builds it (through :mod:`pipeline.build`, so ``training.device``
+and ``sampler.family`` are honoured; ``training.walkers`` must be 1), and every
+``report_every`` outer iterations draws fresh samples from the EMA sampler and reports an
+objective to Tune, whose ASHA scheduler stops the trials that fall behind. Keys of the section (all optional)::
 
     tune:
       space:                      # dotted config key -> distribution (default: γ, h, σ below)
@@ -34,7 +34,7 @@ samples missed count as holding one effective sample, F = max(0, ln(ESS·P_max))
 a mode is penalised rather than excused (minimised); ``coverage_ess`` the fraction of the CV
 range spanned by the samples (min over CV dimensions) times the physical ESS/n (maximised).
 The reference is ``reference`` when given, else exact enumeration for systems with at most
-3^16 states (runner.EXACT_ENUMERATION_LIMIT); ``auto`` picks ``js_cv`` with a reference and ``coverage_ess`` without.
+3^16 states (reference_data.EXACT_ENUMERATION_LIMIT); ``auto`` picks ``js_cv`` with a reference and ``coverage_ess`` without.
 
 Outputs under ``DIR/<name>/tune/``: ``trials.parquet`` (one row per trial), ``history.parquet``
 (one row per report), ``best.yaml`` (the config with the best trial's values, ``tune`` removed,
@@ -50,9 +50,7 @@ import itertools
 import json
 import math
 import os
-import sys
 import time
-import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,12 +62,16 @@ import torch
 import yaml
 
 from pipeline import estimators as est
-from pipeline.config import (Config, ConfigError, apply_overrides, canonical_json, config_from_dict, load_config)
+from pipeline.config import (Config, ConfigError, apply_overrides, canonical_json, config_from_dict, expand_runs,
+                             load_config)
+from pipeline.errors import TuneFolderExists, setup_errors
 from pipeline.outputs import atomic_write_text, provenance_metadata, write_parquet
-from pipeline.runner import (EXACT_ENUMERATION_LIMIT, UNBIASED_REFERENCES, ReferenceData, _cv_grid_shape,
-                             _exact_reference, _load_reference, build_bias, build_sampler, build_system, cv_bin_edges,
-                             derive_seed, has_exact_reference)
-from pipeline.training import DualLoopTrainer
+from pipeline.build import build_bias, build_system, build_trainer, check_sampler, derive_seed, restrict_to_run
+from pipeline.campaign import UNBIASED_REFERENCES
+from pipeline.reference_data import (EXACT_ENUMERATION_LIMIT, ReferenceData, cv_bin_edges, cv_grid_shape,
+                                     exact_reference, histogram_inputs, has_exact_reference, load_reference)
+from pipeline.registry import METHODS
+from pipeline.training import train
 
 __all__ = [
     "DISTRIBUTIONS",
@@ -293,13 +295,9 @@ def _override_strings(overrides: Mapping[str, Any]) -> list[str]:
 
 def _base_trial_dict(config: Config, settings: TuneSettings) -> dict:
     """The config restricted to the tuned method and temperature, without ``tune``."""
-    base = config.to_dict()
-    base.pop("tune", None)
-    base["methods"] = [settings.method]
-    system = base["system"]
-    key = "beta" if "beta" in system else "temperature"
-    system[key] = [system[key][settings.temperature_index]]
-    return base
+    spec = next(r for r in expand_runs(config) if r.method == settings.method
+                and r.beta == config.system.betas[settings.temperature_index])
+    return restrict_to_run(config, spec)
 
 
 def _apply(base: dict, overrides: Mapping[str, Any], name: str) -> Config:
@@ -328,13 +326,11 @@ def _check_value(base: dict, entry: SpaceEntry, value: Any, system, beta: float,
 def _check_buildable(trial: Config, system, beta: float, method: str) -> None:
     """What ``metadns run`` checks before training: the bias grid and the network."""
     build_bias(trial, system, beta, trial.training.batch_size)
-    if method in TUNE_METHODS:
-        try:
-            build_sampler(trial, system)
-        except ValueError as error:
-            field = next((f"sampler.{k}" for k in ("sites_per_step", "heads", "hidden", "layers") if k in str(error)),
-                         "sampler")
-            raise ConfigError(field, str(error)) from error
+    if METHODS[method].traits["trained"]:
+        check_sampler(trial, system)
+    if trial.training.walkers > 1:
+        raise ConfigError("training.walkers", f"is {trial.training.walkers}, but a Tune trial trains one sampler; "
+                          "tune with walkers: 1 and run the best config with more walkers")
 
 
 def _sample_trials(settings: TuneSettings, seed: int) -> list[dict]:
@@ -369,7 +365,7 @@ def _resolve_reference(settings: TuneSettings, config: Config, system, beta: flo
     folder = settings.reference
     if folder is None:
         if has_exact_reference(system):
-            return _exact_reference(system, beta)
+            return exact_reference(system, beta)
         return None
     summary_path, config_path = folder / "summary.json", folder / "config.yaml"
     if not summary_path.is_file() or not config_path.is_file():
@@ -387,8 +383,8 @@ def _resolve_reference(settings: TuneSettings, config: Config, system, beta: flo
         raise ConfigError("tune.reference", f"{folder} was run on another system or temperature "
                           f"({theirs}, beta {saved.system.betas[0]}) than the sweep ({ours}, beta {beta}); "
                           "point to a reference of the same system at the tuned temperature")
-    reference = _load_reference(folder, method)
-    n_bins = int(np.prod(_cv_grid_shape(system)))
+    reference = load_reference(folder, method)
+    n_bins = int(np.prod(cv_grid_shape(system)))
     if reference.cv_histogram.size != n_bins:
         raise ConfigError("tune.reference", f"{folder} has {reference.cv_histogram.size} CV bins, the system "
                           f"{n_bins}; point to a reference of the same system")
@@ -458,7 +454,7 @@ def trial_objectives(system, beta: float, x: torch.Tensor, log_q, reference: Ref
     if reference is None:
         return out
     edges = cv_bin_edges(system)
-    values, edges = (cv[:, 0], edges[0]) if len(edges) == 1 else (cv, edges)
+    values, edges = histogram_inputs(system, cv, edges)
     probability, _ = est.weighted_histogram(values, log_w, edges)
     out["js_cv"] = est.js_divergence(probability.ravel(), reference.cv_histogram)
     free = np.full(probability.size, np.nan)
@@ -489,24 +485,34 @@ def train_trial(plan: TunePlan, index: int, report: Callable[[dict], None]) -> N
     trial = plan.trials[int(index)]
     config = config_from_dict(trial.config)
     system = build_system(config)
-    torch.manual_seed(trial.seed)  # network initialisation only; sampling uses explicit generators
-    sampler = build_sampler(config, system)
-    bias = None
-    if plan.settings.method == "metadns":
-        bias = build_bias(config, system, plan.beta, config.training.batch_size)
-    trainer = DualLoopTrainer(system, sampler, plan.beta, config.training, bias=bias, seed=trial.seed)
-    evaluation = torch.Generator().manual_seed(derive_seed(trial.seed, "evaluation"))
-    every = plan.settings.report_every
-    while not trainer.finished:
-        record = trainer.step()
-        if trainer.iteration % every and not trainer.finished:
-            continue
-        batch = trainer.ema_sampler.sample(plan.settings.eval_samples, evaluation,
-                                           batch_size=config.sampling.batch_size)
-        metrics = trial_objectives(system, plan.beta, batch.x, batch.log_q, plan.reference)
-        report({"training_iteration": trainer.iteration, OBJECTIVE_METRIC: metrics[plan.objective], **metrics,
-                "trial": trial.index, "seed": trial.seed, "loss": record.loss, "max_bias_kT": record.max_bias_kT,
-                "wall_time_s": time.perf_counter() - start})
+    spec = expand_runs(config)[0]
+    bias = build_bias(config, system, plan.beta, config.training.batch_size) if METHODS[spec.method].traits["bias"] \
+        else None
+    trainer = build_trainer(config, spec, system, trial.seed, system.energy, bias)
+    train(trainer, [TuneReport(plan, trial, config, system, report, start)], progress=False)
+
+
+class TuneReport:
+    """Training callback of a trial: every ``report_every`` outer iterations (and after the
+    last one) evaluate the objectives on fresh EMA samples drawn with an own generator (so
+    evaluating never changes training) and call ``report(metrics)``."""
+
+    def __init__(self, plan: TunePlan, trial, config: Config, system, report: Callable[[dict], None], start: float):
+        self.plan, self.trial, self.config, self.system, self.report, self.start = \
+            plan, trial, config, system, report, start
+        self.evaluation = torch.Generator().manual_seed(derive_seed(trial.seed, "evaluation"))
+
+    def __call__(self, trainer) -> None:
+        plan = self.plan
+        if trainer.iteration % plan.settings.report_every and not trainer.finished:
+            return
+        record = trainer.history[-1]
+        batch = trainer.ema_sampler.sample(plan.settings.eval_samples, self.evaluation,
+                                           batch_size=self.config.sampling.batch_size)
+        metrics = trial_objectives(self.system, plan.beta, batch.x.cpu(), batch.log_q.cpu(), plan.reference)
+        self.report({"training_iteration": trainer.iteration, OBJECTIVE_METRIC: metrics[plan.objective], **metrics,
+                     "trial": self.trial.index, "seed": self.trial.seed, "loss": record.loss,
+                     "max_bias_kT": record.max_bias_kT, "wall_time_s": time.perf_counter() - self.start})
 
 
 def _run_trial(params: dict, plan: TunePlan) -> None:
@@ -650,7 +656,7 @@ def print_trials(plan: TunePlan, trials: pd.DataFrame, best: int) -> None:
 def run_tune(plan: TunePlan, address: str | None = None, progress: bool = True, source: str = "") -> pd.DataFrame:
     """Run a planned sweep on Ray and write its outputs; returns the trials table."""
     if plan.out_dir.exists():
-        raise FileExistsError(f"{plan.out_dir} already exists; remove it or choose another --out")
+        raise TuneFolderExists(f"{plan.out_dir} already exists; remove it or choose another --out")
     plan.out_dir.mkdir(parents=True)
     results = _ray_tune(plan, address, progress)
     trials, history = _collect(plan, results)
@@ -661,19 +667,11 @@ def run_tune(plan: TunePlan, address: str | None = None, progress: bool = True, 
 
 def tune_command(config_path: str | Path, out: str | Path = "runs", overrides: Sequence[str] = (),
                  profile: str | None = None, address: str | None = None, progress: bool = True) -> int:
-    """``metadns tune``: 0 on success, 2 for an invalid config / existing tune folder (nothing
-    written), 1 for a failure during the sweep."""
-    try:
+    """``metadns tune``: returns 0.  An invalid config or an existing tune folder raise a
+    SetupError before anything is written (``metadns`` exits 2); a failure during the sweep
+    propagates (exit 1)."""
+    with setup_errors(FileNotFoundError):
         config = load_config(config_path, overrides, profile=profile)
         plan = plan_tune(config, out)
-        if plan.out_dir.exists():
-            raise FileExistsError(f"{plan.out_dir} already exists; remove it or choose another --out")
-    except (ConfigError, FileNotFoundError, FileExistsError) as error:
-        print(f"metadns: error: {error}", file=sys.stderr)
-        return 2
-    try:
-        run_tune(plan, address, progress, source=str(config_path))
-    except Exception:  # a failure during the sweep: report it in full
-        traceback.print_exc()
-        return 1
+    run_tune(plan, address, progress, source=str(config_path))
     return 0

@@ -13,7 +13,8 @@ import torch
 
 from pipeline.distributed.evaluators import PoolEnergy
 from pipeline.config import Config, RunSpec
-from pipeline.runner import RunContext, build_run_walker, build_system
+from pipeline.build import build_system, build_walker
+from pipeline.runner import RunContext
 
 
 @ray.remote(max_restarts=0)
@@ -24,7 +25,7 @@ class WalkerActor:
         torch.set_num_threads(threads)
         system = build_system(config)  # built here: energy backends may not pickle
         energy_fn = PoolEnergy(pool) if pool is not None else system.energy
-        self._trainer = build_run_walker(config, spec, system, run_seed, index, energy_fn)
+        self._trainer = build_walker(config, spec, system, run_seed, index, energy_fn)
 
     def draw(self):
         return self._trainer.draw()

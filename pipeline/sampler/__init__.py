@@ -1,4 +1,5 @@
-"""MDNS sampler: denoiser networks, the unmasking loop with exact path likelihoods, WDCE loss."""
+"""Sampler families behind one protocol (pipeline.sampler.base): masked diffusion (denoiser
+networks, the unmasking loop with exact path likelihoods, WDCE loss)."""
 
 from pipeline.sampler.denoisers import (
     DENOISER_KINDS,
@@ -6,10 +7,10 @@ from pipeline.sampler.denoisers import (
     TransformerDenoiser,
     build_denoiser,
 )
+from pipeline.sampler.base import SampleBatch, Sampler, batch_on_cpu
 from pipeline.sampler.masked_diffusion import (
     SCHEDULES,
     MaskedDiffusionSampler,
-    SampleBatch,
     cosine_group_sizes,
     group_sizes,
 )
@@ -23,6 +24,8 @@ __all__ = [
     "MaskedDiffusionSampler",
     "SCHEDULES",
     "SampleBatch",
+    "Sampler",
+    "batch_on_cpu",
     "cosine_group_sizes",
     "group_sizes",
     "MAX_INVERSE_MASK_LEVEL",

@@ -23,34 +23,19 @@ import contextlib
 import math
 import numbers
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-__all__ = ["MaskedDiffusionSampler", "SampleBatch", "group_sizes", "cosine_group_sizes", "SCHEDULES"]
+from pipeline.estimators import normalized_weights
+from pipeline.sampler.base import SampleBatch
+from pipeline.sampler.denoisers import build_denoiser
+from pipeline.sampler.wdce import wdce_backward
+
+__all__ = ["MaskedDiffusionSampler", "group_sizes", "cosine_group_sizes", "SCHEDULES"]
 
 _CPU_ROWS_PER_CHUNK = 1 << 14   # B·D per network call on CPU: keeps activations cache-sized
 _ACCELERATOR_ROWS_PER_CHUNK = 1 << 21
-
-
-@dataclass
-class SampleBatch:
-    """Samples with the orders that generated them and their exact path log-likelihoods.
-
-    x: int64 ``(n, D)`` states in {0..q−1}.  order: int64 ``(n, D)`` step index per site.
-    log_q: float64 ``(n,)`` log q(x | order) in nats.  Unpacks as ``x, order, log_q = batch``.
-    """
-
-    x: torch.Tensor
-    order: torch.Tensor
-    log_q: torch.Tensor
-
-    def __len__(self) -> int:
-        return int(self.x.shape[0])
-
-    def __iter__(self):
-        return iter((self.x, self.order, self.log_q))
 
 
 SCHEDULES = ("uniform", "cosine")
@@ -112,12 +97,14 @@ class MaskedDiffusionSampler(nn.Module):
             sequence of group sizes summing to D.  Any grouping keeps log q exact.
         schedule: "uniform" (groups of k) or "cosine" (⌈D/k⌉ steps, few sites first; much
             better for k > 1 in ordered phases, see ``group_sizes``).
+        n_maskings: R random maskings per sample in the WDCE loss (``loss_backward``).
     Runs on the device and dtype of the denoiser's parameters; all randomness comes from
     the ``torch.Generator`` passed in (draws happen on the generator's device).
+    Implements the sampler protocol (pipeline.sampler.base).
     """
 
     def __init__(self, denoiser: nn.Module, n_sites: int, n_states: int, sites_per_step=1,
-                 schedule: str = "uniform"):
+                 schedule: str = "uniform", n_maskings: int = 16):
         super().__init__()
         if not isinstance(denoiser, nn.Module):
             raise ValueError(f"denoiser must be an nn.Module (e.g. from build_denoiser), got {type(denoiser).__name__}")
@@ -137,6 +124,14 @@ class MaskedDiffusionSampler(nn.Module):
         self.schedule = schedule
         self.group_sizes = group_sizes(self.n_sites, sites_per_step, schedule)
         self.sites_per_step = sites_per_step if isinstance(sites_per_step, numbers.Integral) else self.group_sizes
+        if isinstance(n_maskings, bool) or not isinstance(n_maskings, numbers.Integral) or n_maskings < 1:
+            raise ValueError(f"n_maskings must be a positive integer, got {n_maskings!r}")
+        self.n_maskings = int(n_maskings)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the denoiser's parameters live (sampling and scoring run there)."""
+        return self._device()
 
     @property
     def n_steps(self) -> int:
@@ -215,6 +210,15 @@ class MaskedDiffusionSampler(nn.Module):
             for start in range(0, x.shape[0], batch_size):  # loop over chunks, not samples
                 chunks.append(self._score_chunk(x[start:start + batch_size], order[start:start + batch_size]))
         return torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.float64, device=device)
+
+    def loss_backward(self, x: torch.Tensor, log_weights: torch.Tensor, log_q: torch.Tensor,
+                      generator: torch.Generator) -> float:
+        """One WDCE step (weighted denoising cross-entropy, docs/method.md §5): accumulate the
+        gradient of L(θ) = Σ_i w̄_i · E_masks[−log p_θ(x_i | masked x_i)] into ``.grad`` and
+        return L.  w̄ = softmax(log_weights) (float64, cast to float32); ``log_q`` is not
+        needed: WDCE is a self-normalised importance-weighted forward KL."""
+        weights = torch.from_numpy(normalized_weights(log_weights.numpy())).to(torch.float32)
+        return wdce_backward(self.denoiser, x, weights, self.n_maskings, generator, self.n_states)
 
     # ------------------------------------------------------------------ internals
     def _generate(self, order: torch.Tensor, generator: torch.Generator, batch_size) -> SampleBatch:
@@ -335,3 +339,15 @@ class MaskedDiffusionSampler(nn.Module):
                              "sample are exactly 0, 1, ..., T−1 (every step reveals ≥ 1 site); "
                              "use sampler.random_order(...) or the order returned by sample()")
         return order.to(torch.int64)
+
+
+def from_options(system, options: dict, training) -> MaskedDiffusionSampler:
+    """The ``masked_diffusion`` family's factory (pipeline/registry.py): the denoiser of
+    ``options["denoiser"]`` sized by ``hidden``/``layers`` (``heads`` for the transformer),
+    ``sites_per_step`` with ``schedule``, and ``training.maskings`` maskings per WDCE sample."""
+    sizes = {"hidden": options["hidden"], "layers": options["layers"]}
+    if options["denoiser"] == "transformer":
+        sizes["heads"] = options["heads"]
+    denoiser = build_denoiser(options["denoiser"], system, **sizes)
+    return MaskedDiffusionSampler(denoiser, system.n_sites, system.n_states, sites_per_step=options["sites_per_step"],
+                                  schedule=options["schedule"], n_maskings=training.maskings)

@@ -141,6 +141,16 @@ class BinaryAlloy(LatticeSystem):
         self.headline_observables = (fraction, "formation_energy_per_atom") + \
             (("long_range_order",) if self.lattice.sublattice is not None else ())
 
+    @property
+    def chemical_potential(self) -> float:
+        """Δμ in eV: the energy the sampler sees is E_f − Δμ·N₁."""
+        return self.delta_mu
+
+    @property
+    def composition_observable(self) -> str:
+        """The observable x of species[1] (``x_Au``), reweightable in Δμ."""
+        return self.fraction_name
+
     def to_config(self) -> dict:
         return {"name": self.name, "size": list(self.lattice.size), "cell": self.lattice.cell_type,
                 "lattice_constant": self.lattice.lattice_constant, "species": list(self.species),

@@ -17,7 +17,8 @@ import pytest
 
 from pipeline import estimators as est
 from pipeline.config import config_from_dict
-from pipeline.runner import prepare_campaign, run_campaign
+from pipeline.campaign import prepare_campaign
+from pipeline.runner import run_campaign
 from systems.alloys.cluster_expansion import PAPER_CUAU_CE
 from systems.alloys.fcc import FCCLattice
 from systems.alloys.mchammer_reference import run_mchammer

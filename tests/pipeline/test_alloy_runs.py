@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from pipeline.config import config_from_dict
-from pipeline.runner import prepare_campaign, run_campaign
+from pipeline.campaign import prepare_campaign
+from pipeline.runner import run_campaign
 from systems.alloys.alloy import BinaryAlloy
 from systems.exact import exact_ensemble
 

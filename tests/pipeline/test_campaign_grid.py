@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from pipeline.config import ConfigError, config_from_dict, grid_points
-from pipeline.runner import prepare_campaign, run_campaign
+from pipeline.campaign import prepare_campaign
+from pipeline.runner import run_campaign
 
 ALLOY = {
     "methods": ["metadns"],

@@ -21,7 +21,8 @@ from pipeline.cli import main
 from pipeline.config import config_from_dict
 from pipeline.outputs import read_parquet_metadata
 from pipeline.phase_diagram import BOLTZMANN_EV_PER_K, canonical_free_energy, common_tangent
-from pipeline.runner import prepare_campaign, run_campaign
+from pipeline.campaign import prepare_campaign
+from pipeline.runner import run_campaign
 
 ALLOY_CELL = {"size": [2, 2, 2], "cell": "primitive", "lattice_constant": 3.8}
 DELTA_MU = 0.05

@@ -34,7 +34,7 @@ from tests.cli_runner import run_cli
 from pipeline import training as training_module
 from pipeline.config import config_from_dict, config_hash, expand_runs, load_config
 from pipeline.outputs import read_parquet_metadata, samples_from_table
-from pipeline.runner import derive_seed
+from pipeline.build import derive_seed
 from pipeline.sampler import group_sizes
 from systems.exact import exact_ensemble
 from systems.registry import make_system
@@ -124,7 +124,7 @@ def temporary_files(folder: Path) -> list[str]:
 
 def assert_wrote_nothing(out: Path) -> None:
     assert files_under(out) == [], f"files were written under {out}: {files_under(out)}"
-    assert not out.exists() or not any(out.iterdir()), f"{out} is not empty: {list(out.iterdir())}"
+    assert not out.exists(), f"{out} was created"
 
 
 def observables_without_wall_times(path: Path) -> pd.DataFrame:
@@ -191,6 +191,13 @@ FILE_ERRORS = [
     ("grid-not-covering-cv", {"bias": {"grid_min": -0.5}}, "bias.grid_min"),
     ("grid-misaligned-coarse", {"bias": {"grid_points": ALIGNED_GRID_POINTS - 1}}, "bias.grid_points"),
     ("grid-misaligned-fine", {"bias": {"grid_points": ALIGNED_GRID_POINTS + 1}}, "bias.grid_points"),
+    ("grid-twice-as-fine", {"bias": {"grid_points": 2 * ALIGNED_GRID_POINTS - 1}}, "bias.grid_points"),
+    ("grid-wider-than-cv", {"bias": {"grid_min": -1 - 2 * CV_SPACING, "grid_max": 1 + CV_SPACING}}, "bias.grid_min"),
+    ("grid-wider-than-cv-with-its-node-count",
+     {"bias": {"grid_min": -1 - CV_SPACING, "grid_max": 1 + CV_SPACING, "grid_points": ALIGNED_GRID_POINTS + 2}},
+     "bias.grid_min"),
+    ("grid-max-beyond-cv", {"bias": {"grid_max": 1 + CV_SPACING}}, "bias.grid_max"),
+    ("beta-and-temperature", {"system": {"temperature": 2.0}}, "system.beta"),
     ("unknown-method", {"methods": ["metadns", "metadnss"]}, "methods"),
     ("burn-in-not-below-sweeps", {"reference": {"burn_in": 50}}, "reference.burn_in"),
 ]
@@ -779,18 +786,39 @@ def test_training_threads_setting_is_applied(tmp_path, monkeypatch):
     assert seen == [1], f"torch used {seen} threads with training.threads: 1"
 
 
+def alloy_config(energy: dict) -> dict:
+    return {"methods": ["metadns"], "system": {"name": "alloy", "size": [1, 1, 1], "cell": "conventional",
+                                               "energy": energy, "temperature": [1000]}}
+
+
 @pytest.mark.parametrize("energy, message", [
     ({"name": "cluster_expansion", "model": "missing/model.ce"}, "missing/model.ce"),
     ({"name": "ase", "calculator": "ase.calculators.nothing:Nope"}, "cannot import ASE calculator"),
     ({"name": "dft"}, "unknown energy backend"),
 ])
 def test_bad_alloy_backend_exits_2_naming_system_energy_and_writes_nothing(tmp_path, energy, message):
-    config = {"methods": ["metadns"], "system": {"name": "alloy", "size": [1, 1, 1], "cell": "conventional",
-                                                 "energy": energy, "temperature": [1000]}}
-    config_path = write_config(tmp_path / "cfg", config)
+    config_path = write_config(tmp_path / "cfg", alloy_config(energy))
     out = tmp_path / "out"
     code, stdout, stderr = run_cli("run", *INLINE, config_path, "--out", out, "--quiet")
     assert code == 2, stderr
     assert "system.energy" in stderr and message in stderr
+    assert "Traceback" not in stderr
+    assert_wrote_nothing(out)
+
+
+@pytest.mark.parametrize("energy, field, message", [
+    ({"name": "cluster_expansion", "model": "cuau_paper", "devise": "cpu"}, "system.energy.devise",
+     "Did you mean 'device'?"),
+    ({"name": "mace", "model": "cuau_emt", "dtype": "half"}, "system.energy.dtype", "float64, float32"),
+    ({"name": "ase", "parameters": "fast"}, "system.energy.parameters", "mapping"),
+])
+def test_bad_energy_option_exits_2_naming_the_key_and_writes_nothing(tmp_path, energy, field, message):
+    """A misspelt or mistyped backend option is a configuration error (it used to reach the
+    backend constructor as a keyword argument and end in a TypeError traceback)."""
+    config_path = write_config(tmp_path / "cfg", alloy_config(energy))
+    out = tmp_path / "out"
+    code, stdout, stderr = run_cli("run", *INLINE, config_path, "--out", out, "--quiet")
+    assert code == 2, stderr
+    assert f"metadns: error: {field}:" in stderr and message in stderr
     assert "Traceback" not in stderr
     assert_wrote_nothing(out)

@@ -67,7 +67,8 @@ def test_defaults_are_filled():
     assert config.methods == ("metadns",)
     assert config.system.J == 1.0 and config.system.field == 0.0 and config.system.q is None
     assert config.system.beta == (0.6,) and config.system.temperature is None
-    assert config.sampler == SamplerConfig(denoiser="lattice", sites_per_step=4, hidden=64, layers=4, heads=4)
+    assert config.sampler == SamplerConfig("masked_diffusion", {"denoiser": "lattice", "sites_per_step": 4, "schedule": "cosine",
+                                                                "hidden": 64, "layers": 4, "heads": 4})
     assert config.bias == BiasConfig(gamma=10.0, sigma=0.05, height_per_cycle=0.5)
     assert config.bias.grid_points is None and config.bias.grid_min is None and config.bias.grid_max is None
     t = config.training
@@ -249,6 +250,18 @@ def test_neither_beta_nor_temperature():
     del d["system"]["beta"]
     error = expect_error(d, "system.beta")
     assert "temperature" in str(error)
+
+
+@pytest.mark.parametrize("system, example", [
+    ({"name": "ising", "L": 4}, "beta: [0.28, 0.6]"),
+    ({"name": "alloy"}, "temperature: [500, 680, 1200]"),
+])
+def test_exactly_one_of_beta_and_temperature_for_every_system(system, example):
+    error = expect_error({"methods": ["metadns"], "system": {**system, "beta": 0.5, "temperature": 2.0}},
+                         "system.beta")
+    assert "not both" in str(error)
+    error = expect_error({"methods": ["metadns"], "system": system}, "system.beta")
+    assert "exactly one of system.beta or system.temperature" in str(error) and example in str(error)
 
 
 def test_unknown_method():
@@ -499,10 +512,19 @@ def test_bias_grid_aligned_default():
     assert grid.sigma == (0.05, 0.05)
 
 
-def test_bias_grid_extended_aligned_bounds():
-    config = config_from_dict(minimal(bias={"grid_min": -1.25, "grid_max": 1.125}), "x")
-    grid = validate_bias_grid(config, ISING_CV)
-    assert grid.grid_points == (20,)
+def test_bias_grid_bounds_must_be_the_cv_range():
+    """Bounds wider than the CV range (even at attainable values) are refused, naming the bound."""
+    for bias, field in [({"grid_min": -1.25, "grid_max": 1.125}, "bias.grid_min"),
+                        ({"grid_max": 1.125}, "bias.grid_max"),
+                        ({"grid_min": -1.125, "grid_max": 1.125, "grid_points": 19}, "bias.grid_min")]:
+        with pytest.raises(ConfigError) as info:
+            validate_bias_grid(config_from_dict(minimal(bias=bias), "x"), ISING_CV)
+        assert info.value.field == field, str(info.value)
+        assert "-1.0" in str(info.value) and "1.0" in str(info.value)  # names the CV range
+    # the CV range written out, within the tolerance, is the aligned grid
+    grid = validate_bias_grid(config_from_dict(minimal(bias={"grid_min": -1.0 + 1e-12, "grid_max": 1.0}), "x"),
+                              ISING_CV)
+    assert grid == validate_bias_grid(config_from_dict(MINIMAL, "x"), ISING_CV)
 
 
 def test_bias_grid_not_covering_cv():
@@ -510,7 +532,7 @@ def test_bias_grid_not_covering_cv():
     with pytest.raises(ConfigError) as info:
         validate_bias_grid(config, ISING_CV)
     assert info.value.field == "bias.grid_min" and "-1.0" in str(info.value)
-    config = config_from_dict(minimal(bias={"grid_max": [1.0, 0.5], "grid_points": [80, 80]}), "x")
+    config = config_from_dict(minimal(bias={"grid_max": [1.0, 0.5], "grid_points": [37, 73]}), "x")
     with pytest.raises(ConfigError) as info:
         validate_bias_grid(config, POTTS_CV)
     assert info.value.field == "bias.grid_max" and "p2" in str(info.value)
@@ -527,17 +549,33 @@ def test_bias_grid_dimension_mismatch():
     assert info.value.field == "bias.grid_points"
 
 
-def test_bias_grid_unaligned_bounds_and_too_coarse():
+def test_bias_grid_unaligned_bounds():
     config = config_from_dict(minimal(bias={"grid_min": -1.1}), "x")
     with pytest.raises(ConfigError) as info:
         validate_bias_grid(config, ISING_CV)
     assert info.value.field == "bias.grid_min"
-    config = config_from_dict(minimal(bias={"grid_points": 9}), "x")
+
+
+@pytest.mark.parametrize("bias, cv, aligned", [
+    ({"grid_points": 9}, ISING_CV, 17),           # coarser: several CV values share a node
+    ({"grid_points": 16}, ISING_CV, 17),
+    ({"grid_points": 18}, ISING_CV, 17),          # finer: nodes between the CV values
+    ({"grid_points": 33}, ISING_CV, 17),          # twice as fine
+    ({"grid_points": [37, 74]}, POTTS_CV, 73),
+])
+def test_explicit_grid_points_must_be_the_aligned_count(bias, cv, aligned):
+    config = config_from_dict(minimal(bias=bias, system={"name": "ising" if cv is ISING_CV else "potts"}), "x")
     with pytest.raises(ConfigError) as info:
-        validate_bias_grid(config, ISING_CV)
-    assert info.value.field == "bias.grid_points" and "17" in str(info.value)
-    # finer than the CV spacing is allowed
-    assert validate_bias_grid(config_from_dict(minimal(bias={"grid_points": 33}), "x"), ISING_CV).grid_points == (33,)
+        validate_bias_grid(config, cv)
+    assert info.value.field == "bias.grid_points"
+    assert f"use grid_points: null (aligned) or exactly {aligned}" in str(info.value)
+
+
+def test_explicit_aligned_grid_points_equal_the_default_grid():
+    default = validate_bias_grid(config_from_dict(MINIMAL, "x"), ISING_CV)
+    assert validate_bias_grid(config_from_dict(minimal(bias={"grid_points": 17}), "x"), ISING_CV) == default
+    potts = config_from_dict(minimal(system={"name": "potts"}, bias={"grid_points": [37, 73]}), "x")
+    assert validate_bias_grid(potts, POTTS_CV).grid_points == (37, 73)
 
 
 def test_bias_hill_height():
@@ -585,8 +623,8 @@ def test_profile_with_unknown_key_names_the_key(tmp_path):
 
 
 def test_reveal_schedule_defaults_to_cosine_and_is_validated():
-    assert config_from_dict(minimal(), "x").sampler.schedule == "cosine"
-    assert config_from_dict(minimal(sampler={"schedule": "uniform"}), "x").sampler.schedule == "uniform"
+    assert config_from_dict(minimal(), "x").sampler.options["schedule"] == "cosine"
+    assert config_from_dict(minimal(sampler={"schedule": "uniform"}), "x").sampler.options["schedule"] == "uniform"
     error = expect_error(minimal(sampler={"schedule": "zigzag"}), "sampler.schedule")
     assert "cosine" in str(error)
 
@@ -625,3 +663,82 @@ def test_bad_alloy_settings_name_the_field(patch, field):
 def test_alloy_keys_on_lattice_models_and_sw_on_alloys_are_rejected():
     expect_error(minimal(system={"delta_mu": 0.1}), "system.delta_mu")
     expect_error({"methods": ["sw"], "system": ALLOY}, "methods")
+
+
+# ---------------------------------------------------------------- alloy energy backend options
+
+
+def alloy_with_energy(energy: dict) -> dict:
+    return {"methods": ["metadns"], "system": {**ALLOY, "energy": energy}}
+
+
+def test_misspelt_energy_option_suggests_the_valid_key():
+    error = expect_error(alloy_with_energy({"name": "cluster_expansion", "model": "cuau_paper", "devise": "cpu"}),
+                         "system.energy.devise")
+    assert "unknown key 'devise'. Valid keys here: name, model, device." in str(error)
+    assert "Did you mean 'device'?" in str(error)
+
+
+@pytest.mark.parametrize("energy, field, text", [
+    ({"name": "dft"}, "system.energy.name", "unknown energy backend 'dft'"),
+    ({"name": "cluster_expansion"}, "system.energy.model", "is required"),
+    ({"name": "cluster_expansion", "model": 3}, "system.energy.model", "3 (a int)"),
+    ({"name": "cluster_expansion", "model": "cuau_paper", "device": "gpu"}, "system.energy.device", "cpu, cuda"),
+    ({"name": "mace"}, "system.energy.model", "cuau_emt"),
+    ({"name": "mace", "model": "cuau_emt", "dtype": "float16"}, "system.energy.dtype", "float64, float32"),
+    ({"name": "mace", "model": "cuau_emt", "batch_size": 0}, "system.energy.batch_size", ">= 1"),
+    ({"name": "mace", "model": "cuau_emt", "batch_size": 2.5}, "system.energy.batch_size", "integer"),
+    ({"name": "mace", "model": "cuau_emt", "vegard_lattice_constants": [3.6]}, "system.energy.vegard_lattice_constants",
+     "two lattice constants"),
+    ({"name": "mace", "model": "cuau_emt", "vegard_lattice_constants": [3.6, -4.1]},
+     "system.energy.vegard_lattice_constants", "entry 1"),
+    ({"name": "ase", "calculator": "EMT"}, "system.energy.calculator", "package.module:ClassName"),
+    ({"name": "ase", "parameters": [1, 2]}, "system.energy.parameters", "mapping"),
+    ({"name": "ase", "model": "cuau_paper"}, "system.energy.model", "Valid keys here: name, calculator, parameters"),
+])
+def test_bad_energy_options_name_the_key(energy, field, text):
+    error = expect_error(alloy_with_energy(energy), field)
+    assert text in str(error)
+
+
+def test_energy_options_are_checked_and_normalised():
+    energy = {"name": "mace", "model": "cuau_emt", "device": "cuda:1", "dtype": "float32", "batch_size": 1.0e2,
+              "vegard_lattice_constants": [4, 4.08]}
+    parsed = config_from_dict(alloy_with_energy(energy), "x").system.alloy["energy"]
+    assert parsed == {**energy, "batch_size": 100, "vegard_lattice_constants": [4.0, 4.08]}
+    assert isinstance(parsed["batch_size"], int)
+    ase = {"name": "ase", "calculator": "ase.calculators.emt:EMT", "parameters": {"fixed_cutoff": True},
+           "vegard_lattice_constants": None}
+    assert config_from_dict(alloy_with_energy(ase), "x").system.alloy["energy"] == ase
+    assert config_from_dict(alloy_with_energy({"name": "ase"}), "x").system.alloy["energy"] == {"name": "ase"}
+
+
+def test_energy_option_table_matches_the_backend_constructors():
+    """ENERGY_BACKEND_OPTIONS lists each backend's constructor keywords (``model`` is its
+    ``model_path``; supercell, species and lattice_constant come from the system), requires
+    exactly those without a default, and accepts every default."""
+    import inspect
+
+    from pipeline.config import ENERGY_BACKEND_OPTIONS
+    from systems.alloys.alloy import BACKEND_NAMES
+    from systems.alloys.ase_backend import ASECalculatorBackend
+    from systems.alloys.cluster_expansion import ClusterExpansionBackend
+    from systems.alloys.mace_backend import _DTYPES, MACEBackend
+
+    constructors = {"cluster_expansion": ClusterExpansionBackend, "mace": MACEBackend, "ase": ASECalculatorBackend}
+    assert tuple(ENERGY_BACKEND_OPTIONS) == BACKEND_NAMES == tuple(constructors)
+    from_system = {"self", "supercell", "species", "lattice_constant"}
+    for name, backend in constructors.items():
+        parameters = {("model" if key == "model_path" else key): parameter
+                      for key, parameter in inspect.signature(backend.__init__).parameters.items()
+                      if key not in from_system}
+        options = ENERGY_BACKEND_OPTIONS[name]
+        assert set(options) == set(parameters), name
+        for key, option in options.items():
+            has_default = parameters[key].default is not inspect.Parameter.empty
+            assert option.required is not has_default, (name, key)
+            if has_default:
+                default = parameters[key].default
+                assert option.parse(default, key, option.example) == default, (name, key)
+    dtype = ENERGY_BACKEND_OPTIONS["mace"]["dtype"]
+    assert all(dtype.parse(value, "dtype", dtype.example) == value for value in _DTYPES)

@@ -19,7 +19,9 @@ import pytest
 
 from pipeline import estimators as est
 from pipeline.config import config_from_dict
-from pipeline.runner import _exact_reference, _histogram_inputs, cv_bin_edges, prepare_campaign, run_campaign
+from pipeline.campaign import prepare_campaign
+from pipeline.reference_data import cv_bin_edges, exact_reference, histogram_inputs
+from pipeline.runner import run_campaign
 from systems.exact import exact_ensemble
 from systems.registry import make_system
 
@@ -30,10 +32,10 @@ BETA = 1.2
 @pytest.mark.parametrize("chunk_size", [1000, 2**18])
 def test_streamed_exact_reference_equals_the_all_states_ensemble(chunk_size):
     system = make_system(**POTTS)
-    reference = _exact_reference(system, BETA, chunk_size=chunk_size)
+    reference = exact_reference(system, BETA, chunk_size=chunk_size)
     ensemble = exact_ensemble(system, BETA)
     log_p = ensemble.log_prob.numpy()
-    values, edges = _histogram_inputs(system, ensemble.cv.numpy(), cv_bin_edges(system))
+    values, edges = histogram_inputs(system, ensemble.cv.numpy(), cv_bin_edges(system))
     cv_hist, _ = est.weighted_histogram(values, log_p, edges)
     e_hist, _ = est.weighted_histogram(ensemble.energies.numpy() / system.n_sites, log_p,
                                        system.energy_per_site_bin_edges())

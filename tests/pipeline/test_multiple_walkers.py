@@ -12,8 +12,10 @@ import torch
 from pipeline import estimators as est
 from pipeline.bias import WellTemperedGridBias
 from pipeline.config import config_from_dict, expand_runs
-from pipeline.runner import (RunContext, RunServices, _trainer, build_system, derive_seed, prepare_campaign,
-                             run_campaign)
+from pipeline.build import build_system, derive_seed
+from pipeline.campaign import prepare_campaign
+from pipeline.methods.trained import make_trainer
+from pipeline.runner import RunContext, RunServices, run_campaign
 from systems.exact import exact_ensemble
 
 BETA = 0.6
@@ -30,7 +32,7 @@ def multi_walker_trainer(raw: dict):
     spec = expand_runs(config)[0]
     ctx = RunContext(config, spec, build_system(config), None, derive_seed(config.seed, spec.run_name), {}, False,
                      None, RunServices())
-    return _trainer(ctx, ctx.system.energy)
+    return make_trainer(ctx, ctx.system.energy)
 
 
 def test_walkers_share_one_bias_filled_in_walker_order():

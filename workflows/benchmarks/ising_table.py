@@ -23,7 +23,9 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.config import load_config
-from pipeline.runner import comparison_table, prepare_campaign, run_campaign
+from pipeline.campaign import prepare_campaign
+from pipeline.comparison import comparison_table
+from pipeline.runner import run_campaign
 
 HERE = Path(__file__).resolve().parent
 PAPER_CONFIGS = sorted((HERE.parent / "paper").glob("ising_l16_beta*.yaml"))

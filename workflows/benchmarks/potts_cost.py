@@ -28,7 +28,10 @@ import pandas as pd
 from pipeline import plots
 from pipeline.config import load_config
 from pipeline.estimators import cost_to_target
-from pipeline.runner import build_system, has_exact_reference, prepare_campaign, run_campaign
+from pipeline.build import build_system
+from pipeline.campaign import prepare_campaign
+from pipeline.reference_data import has_exact_reference
+from pipeline.runner import run_campaign
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CONFIG = HERE.parent / "paper" / "potts_q3_L4.yaml"

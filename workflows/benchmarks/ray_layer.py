@@ -57,7 +57,9 @@ from pipeline.config import config_from_dict, load_config  # noqa: E402
 from pipeline.distributed.evaluators import EnergyEvaluator, EvaluatorPool, PoolEnergy  # noqa: E402
 from pipeline.distributed.executor import run_campaign_on_ray  # noqa: E402
 from pipeline.distributed.session import ray_session  # noqa: E402
-from pipeline.runner import UNBIASED_REFERENCES, build_system, execute_run, prepare_campaign  # noqa: E402
+from pipeline.build import build_system  # noqa: E402
+from pipeline.campaign import UNBIASED_REFERENCES, prepare_campaign  # noqa: E402
+from pipeline.runner import execute_run  # noqa: E402
 
 WORKFLOWS = Path(__file__).resolve().parents[1]
 CE_CONFIG = WORKFLOWS / "cuau_64.yaml"

@@ -24,7 +24,9 @@ from pipeline.config import config_from_dict, grid_points
 from pipeline.distributed.bias_server import BiasClient
 from pipeline.distributed.evaluators import EvaluatorPool
 from pipeline.distributed.executor import run_campaign_on_ray, run_campaigns_on_ray, start_evaluator_pool
-from pipeline.runner import build_system, prepare_campaign, run_campaign
+from pipeline.build import build_system
+from pipeline.campaign import prepare_campaign
+from pipeline.runner import run_campaign
 
 ISING = {
     "seed": 3, "methods": ["metadns", "mdns", "sw"],

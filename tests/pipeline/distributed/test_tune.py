@@ -26,7 +26,9 @@ from pipeline import cli
 from pipeline.config import ConfigError, apply_overrides, config_from_dict, load_config
 from pipeline.distributed.tune import plan_tune, train_trial, trial_objectives
 from pipeline.outputs import read_parquet_metadata
-from pipeline.runner import build_system, prepare_campaign, run_campaign
+from pipeline.build import build_system
+from pipeline.campaign import prepare_campaign
+from pipeline.runner import run_campaign
 from systems.exact import exact_ensemble
 
 BETA = 0.6

@@ -1,0 +1,139 @@
+"""The composition root: a validated Config → the objects of one run.
+
+Every caller builds through here — the runner, Tune trials, walker and evaluator actors —
+so "where is X built?" has one answer: the system (systems/registry.py), the bias on the
+system's CV, the sampler of ``sampler.family`` (pipeline/registry.py), trainers and walkers,
+and the per-run config and seeds.  :func:`check_buildable` is the build stage of validation:
+it may import torch but never needs the run's device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from pipeline.bias import WellTemperedGridBias
+from pipeline.config import Config, ConfigError, RunSpec, expand_runs, validate_bias_grid
+from pipeline.registry import METHODS, SAMPLER_FAMILIES
+from pipeline.training import DualLoopTrainer
+from systems.parameters import ParameterError
+from systems.registry import make_system
+
+__all__ = ["build_system", "build_bias", "build_sampler", "build_trainer", "build_walker", "training_device",
+           "restrict_to_run", "derive_seed", "walker_seed", "check_buildable", "check_sampler"]
+
+
+def build_system(config: Config):
+    """The configured system; a rejected parameter becomes a ConfigError naming its key."""
+    params = config.system.system_params()
+    try:
+        return make_system(config.system.name, **params)
+    except ParameterError as error:
+        raise ConfigError(f"system.{error.parameter}", error.message) from error
+    except (ValueError, FileNotFoundError) as error:
+        message = str(error)
+        key = next((k for k in params if message.startswith(k) or f" {k} " in message), None)
+        if key is None and config.system.name == "alloy":
+            key = "energy"  # backend problems: model files, calculators
+        raise ConfigError(f"system.{key}" if key else "system", message) from error
+
+
+def build_bias(config: Config, system, beta: float, hills_per_cycle: int) -> WellTemperedGridBias:
+    """Grid bias for this run on the system's CV: h0 = height_per_cycle·kT / hills_per_cycle
+    (docs/method.md §3)."""
+    grid = validate_bias_grid(config, system.cv_spec)
+    kT = 1.0 / beta
+    try:
+        return WellTemperedGridBias(grid.lower, grid.upper, grid.grid_points, grid.sigma, config.bias.gamma,
+                                    kT, config.bias.hill_height(kT, hills_per_cycle),
+                                    cv_spacing=system.cv_spec.spacing)
+    except ValueError as error:
+        raise ConfigError("bias.grid_points", str(error)) from error
+
+
+def build_sampler(config: Config, system):
+    """The sampler of ``sampler.family`` with its options, on the CPU (see training_device)."""
+    family = SAMPLER_FAMILIES[config.sampler.family]
+    try:
+        return family.load()(system, dict(config.sampler.options), config.training)
+    except ParameterError as error:
+        raise ConfigError(f"sampler.{error.parameter}", error.message) from error
+
+
+def training_device(config: Config) -> torch.device:
+    """The device of ``training.device`` (``auto``: CUDA when visible, else CPU)."""
+    wanted = config.training.device
+    if wanted == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("training.device", "is cuda but no CUDA device is visible to this process; "
+                                             "use auto or cpu, or run on a GPU node")
+    return torch.device("cuda" if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def build_trainer(config: Config, spec: RunSpec, system, seed: int, energy_fn, bias) -> DualLoopTrainer:
+    """One trainer of a run: its sampler initialised from ``seed`` (all later randomness comes
+    from its generator, seeded with ``seed`` too), training towards π_V with ``bias``."""
+    torch.manual_seed(seed)  # parameter initialisation only; all sampling uses explicit generators
+    sampler = build_sampler(config, system).to(training_device(config))
+    return DualLoopTrainer(system, sampler, spec.beta, config.training, bias=bias, seed=seed,
+                           warmstart=METHODS[spec.method].traits["warmstart"], energy_fn=energy_fn)
+
+
+def walker_seed(run_seed: int, index: int) -> int:
+    """Seed of walker ``index`` of a multiple-walker run."""
+    return derive_seed(run_seed, f"walker{index}")
+
+
+def build_walker(config: Config, spec: RunSpec, system, run_seed: int, index: int, energy_fn) -> DualLoopTrainer:
+    """Walker ``index`` of a multiple-walker run: its own seed and its own copy of the bias
+    (which the MultiWalkerTrainer keeps equal to the shared one)."""
+    bias = build_bias(config, system, spec.beta, config.training.batch_size) if METHODS[spec.method].traits["bias"] \
+        else None
+    return build_trainer(config, spec, system, walker_seed(run_seed, index), energy_fn, bias)
+
+
+def restrict_to_run(config: Config, spec: RunSpec) -> dict:
+    """The resolved config of one run: the campaign's config restricted to this run's method
+    and temperature. ``metadns run`` on it (saved as the run's config.yaml) repeats the run
+    (same name and run name, hence the same derived seed)."""
+    resolved = config.to_dict()
+    resolved.pop("tune", None)  # a search space describes a sweep, not one run
+    resolved["methods"] = [spec.method]
+    system = resolved["system"]
+    key = "beta" if "beta" in system else "temperature"
+    system[key] = [spec.beta if key == "beta" else spec.temperature]
+    return resolved
+
+
+def derive_seed(seed: int, run_name: str) -> int:
+    """Independent, reproducible seed for one run of a campaign."""
+    digest = hashlib.sha256(f"{seed}:{run_name}".encode()).digest()
+    return int.from_bytes(digest[:6], "little")
+
+
+def check_buildable(config: Config, check_device: bool = True):
+    """The build stage of validation: the system, every run's bias and, for trained methods,
+    the sampler can be built (on the CPU).  ``check_device``: also refuse ``training.device:
+    cuda`` where no GPU is visible (``metadns run``; ``metadns submit`` validates for another
+    machine and passes False).  Returns the system."""
+    system = build_system(config)
+    runs = expand_runs(config)
+    for spec in runs:
+        build_bias(config, system, spec.beta, config.training.batch_size)
+    if any(METHODS[spec.method].traits["trained"] for spec in runs):
+        if check_device:
+            training_device(config)
+        check_sampler(config, system)
+    return system
+
+
+def check_sampler(config: Config, system) -> None:
+    """Build the sampler once on the CPU; a rejected option becomes a ConfigError naming it."""
+    try:
+        build_sampler(config, system)
+    except ValueError as error:
+        if isinstance(error, ConfigError):
+            raise
+        field = next((f"sampler.{key}" for key in config.sampler.options if str(error).startswith(key)
+                      or f" {key} " in str(error)), "sampler")
+        raise ConfigError(field, str(error)) from error

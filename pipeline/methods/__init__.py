@@ -1,0 +1,1 @@
+"""Methods of a run, one module per method family (registered in pipeline/registry.py)."""

@@ -1,0 +1,190 @@
+"""Chain methods of a run: Swendsen–Wang (``sw``), single-site Metropolis (``metropolis``)
+and MCMC WT-MetaD (``mcmc-metad``: Metropolis chains sharing one well-tempered bias).
+
+Each chain algorithm returns a :class:`ChainRecord`: the recorded chain states after burn-in,
+with the per-state log-weights that make their averages estimates of the physical target
+(zero for unbiased chains; βV(ξ(x)) for chains run under a frozen metadynamics bias).
+:func:`finish_chain_run` turns a record into the run's outputs; error bars account for
+autocorrelation (docs/method.md §6).  The method entry points (registered in
+pipeline/registry.py) are :func:`swendsen_wang`, :func:`metropolis` and
+:func:`mcmc_metadynamics`, each ``(ctx: RunContext) -> summary``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pipeline import estimators as est
+from pipeline.bias import WellTemperedGridBias
+from pipeline.build import build_bias
+from pipeline.estimators import fes_rmse
+from pipeline.reference_data import cv_bin_edges, histogram_inputs
+from pipeline.run_outputs import cost_rows, observable_row, run_summary, write_run_outputs, write_samples
+from systems import reference_samplers
+
+
+@dataclass
+class ChainRecord:
+    """Chain output after burn-in.
+
+    states: int8 (n_steps, n_chains, D); log_w: float64 (n_steps, n_chains), the log
+    importance weight of each recorded state for the physical target (0 when the
+    chain samples it directly); cost counters for reports.
+    """
+
+    states: torch.Tensor
+    log_w: np.ndarray
+    energy_evaluations: int
+    hills: int
+    wall_time_s: float
+    fes_rmse_history: list[tuple[int, int, float]] | None = None  # (hills, energy evals, RMSE kT)
+
+
+def run_swendsen_wang(system, beta, n_chains, n_sweeps, burn_in, generator, progress=True) -> ChainRecord:
+    """Swendsen–Wang chains; cost is counted as D energy evaluations per sweep per chain."""
+    start = time.perf_counter()
+    result = reference_samplers.swendsen_wang(system, beta, n_chains, n_sweeps, generator, progress=progress)
+    kept = result.states[burn_in:]
+    return ChainRecord(kept, np.zeros(kept.shape[:2]), n_sweeps * n_chains * system.n_sites, 0,
+                       time.perf_counter() - start)
+
+
+def run_metropolis(system, beta, n_chains, n_sweeps, burn_in, generator, progress=True) -> ChainRecord:
+    """Single-site Metropolis chains (one energy evaluation per trial flip)."""
+    start = time.perf_counter()
+    result = reference_samplers.metropolis(system, beta, n_chains, n_sweeps, generator, progress=progress)
+    kept = result.states[burn_in:]
+    return ChainRecord(kept, np.zeros(kept.shape[:2]), result.n_energy_evaluations, 0,
+                       time.perf_counter() - start)
+
+
+def run_mcmc_metadynamics(system, beta, bias: WellTemperedGridBias, n_chains, n_sweeps, burn_in,
+                          deposit_every, generator, reference_fes_kT=None, progress=True) -> ChainRecord:
+    """Well-tempered metadynamics with many Metropolis chains sharing one bias.
+
+    Phase 1 (``n_sweeps`` sweeps): every ``deposit_every`` sweeps each chain deposits
+    one hill at its current CV, all against the same V snapshot. Phase 2: V is frozen
+    and the chains run ``n_sweeps`` more sweeps; the states after ``burn_in`` of them are
+    recorded with bias weights log w = βV(ξ(x)), exact for the static biased target.
+    ``reference_fes_kT`` (F on the bias grid, NaN where unknown) adds an RMSE history.
+    """
+    start = time.perf_counter()
+    state = None
+    evaluations = 0
+    rmse_history = [] if reference_fes_kT is not None else None
+    for _ in tqdm(range(n_sweeps // deposit_every), desc="MCMC WT-MetaD deposition", disable=not progress):
+        segment = reference_samplers.metropolis(system, beta, n_chains, deposit_every, generator, initial=state,
+                             bias_energy=bias.value, thin=deposit_every)
+        state = segment.final_state
+        evaluations += segment.n_energy_evaluations
+        bias.deposit(system.cv(state.long()).numpy())
+        if rmse_history is not None:
+            rmse, _ = fes_rmse(bias.free_energy(), reference_fes_kT)
+            rmse_history.append((bias.n_hills, evaluations, rmse))
+
+    sampling = reference_samplers.metropolis(system, beta, n_chains, n_sweeps, generator, initial=state,
+                          bias_energy=bias.value, progress=progress)
+    evaluations += sampling.n_energy_evaluations
+    states = sampling.states[burn_in:]
+    cv = system.cv(states.reshape(-1, system.n_sites).long())
+    log_w = (beta * bias.value(cv.numpy())).reshape(states.shape[:2])
+    return ChainRecord(states, log_w, evaluations, bias.n_hills, time.perf_counter() - start, rmse_history)
+
+
+# ----------------------------------------------------------------------------- run entry points
+def swendsen_wang(ctx) -> dict:
+    """``sw``: Swendsen–Wang reference chains (reference.* settings)."""
+    r = ctx.config.reference
+    record = run_swendsen_wang(ctx.system, ctx.spec.beta, r.chains, r.sweeps, r.burn_in, _generator(ctx),
+                               ctx.progress)
+    return finish_chain_run(ctx, record, None)
+
+
+def metropolis(ctx) -> dict:
+    """``metropolis``: single-site Metropolis reference chains (reference.* settings)."""
+    r = ctx.config.reference
+    record = run_metropolis(ctx.system, ctx.spec.beta, r.chains, r.sweeps, r.burn_in, _generator(ctx),
+                            ctx.progress)
+    return finish_chain_run(ctx, record, None)
+
+
+def mcmc_metadynamics(ctx) -> dict:
+    """``mcmc-metad``: chains sharing one well-tempered bias, one hill per chain per deposit.
+    The chains deposit once per sweep from one process, so the bias is local (a bias server
+    would add a round trip per sweep and share nothing)."""
+    r = ctx.config.reference
+    bias = build_bias(ctx.config, ctx.system, ctx.spec.beta, r.chains)
+    reference_fes = ctx.reference.fes_kT if ctx.reference is not None else None
+    record = run_mcmc_metadynamics(ctx.system, ctx.spec.beta, bias, r.chains, r.sweeps, r.burn_in,
+                                   r.deposit_every, _generator(ctx), reference_fes, ctx.progress)
+    return finish_chain_run(ctx, record, bias)
+
+
+def _generator(ctx) -> torch.Generator:
+    return torch.Generator().manual_seed(ctx.seed)
+
+
+def finish_chain_run(ctx, record: ChainRecord, bias) -> dict:
+    """Observables (chain-weighted, autocorrelation-aware errors), histograms, FES, samples,
+    HILLS and plots of a chain run; returns its summary."""
+    system = ctx.system
+    n_steps, n_chains, D = record.states.shape
+    flat = record.states.reshape(-1, D).long()
+    energy = system.energy(flat).numpy()
+    cv = system.cv(flat).numpy()
+    observables = {k: v.numpy().reshape(n_steps, n_chains) for k, v in system.observables(flat).items()}
+    n = n_steps * n_chains
+    log_w = record.log_w
+    rows = []
+    for name, values in observables.items():
+        mean, stderr = est.chain_weighted_mean_and_stderr(values, log_w)
+        rows.append(observable_row(ctx, "mcmc", name, system.observable_units[name], mean, stderr, math.nan, n))
+    rows += cost_rows(ctx, n, record.energy_evaluations, record.hills, record.wall_time_s, 0.0)
+
+    hist_values, hist_edges = histogram_inputs(system, cv, cv_bin_edges(system))
+    e_site = energy / system.n_sites
+    histograms = {"mcmc": (chain_histogram(hist_values, log_w, hist_edges, n_steps, n_chains),
+                           chain_histogram(e_site, log_w, system.energy_per_site_bin_edges(), n_steps, n_chains))}
+    fes_samples = est.fes_from_samples(hist_values, log_w.ravel(), hist_edges)
+    # stderr of F from the chain-aware histogram errors: σ_F = σ_P / P.
+    p, p_err = histograms["mcmc"][0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fes_samples = (fes_samples[0], np.where(p > 0, p_err / p, np.nan))
+    write_run_outputs(ctx, rows, histograms, fes_samples, bias.free_energy() if bias is not None else None, bias)
+    # Chain states were not generated by a sampler: no order, log q and likelihood weights
+    # NaN; log_w_bias holds the chain's physical-target weight.
+    no_likelihood = np.full(n, np.nan)
+    write_samples(ctx, record.states.reshape(-1, D).numpy(), None, energy, cv, no_likelihood, log_w.ravel(),
+                  no_likelihood)
+    extra = {}
+    if record.fes_rmse_history:
+        extra["fes_rmse_history"] = record.fes_rmse_history
+    return run_summary(ctx, [], n_samples=n, energy_evaluations=record.energy_evaluations,
+                       hills=record.hills, wall_time_s=record.wall_time_s, **extra)
+
+
+def chain_histogram(values, log_w, edges, n_steps, n_chains):
+    """Bin probabilities with autocorrelation-aware stderr (one indicator series per bin).
+    values (n_steps·n_chains,) or (n_steps·n_chains, 2); edges one array or a pair."""
+    flat_edges = edges if isinstance(edges, np.ndarray) else None
+    if flat_edges is not None:
+        idx = np.clip(np.searchsorted(flat_edges, values, side="right") - 1, 0, len(flat_edges) - 2)
+        n_bins = len(flat_edges) - 1
+    else:
+        i0 = np.searchsorted(edges[0], values[:, 0], side="right") - 1
+        i1 = np.searchsorted(edges[1], values[:, 1], side="right") - 1
+        n_bins = (len(edges[0]) - 1) * (len(edges[1]) - 1)
+        idx = i0 * (len(edges[1]) - 1) + i1
+    idx = idx.reshape(n_steps, n_chains)
+    probabilities = np.zeros(n_bins)
+    stderr = np.zeros(n_bins)
+    for b in np.unique(idx):  # ≤ number of CV or E/N bins
+        probabilities[b], stderr[b] = est.chain_weighted_mean_and_stderr((idx == b).astype(np.float64), log_w)
+    shape = n_bins if flat_edges is not None else (len(edges[0]) - 1, len(edges[1]) - 1)
+    return probabilities.reshape(shape), stderr.reshape(shape)

@@ -1,0 +1,212 @@
+"""Trained-sampler methods of a run: ``metadns`` (bias on), ``mdns`` (no bias) and
+``mdns-warmstart`` (no bias, first iterations at ``training.warmstart_beta``), for any
+sampler family (docs/method.md §5–6).
+
+One run: build the trainer (one sampler, or several walkers sharing the bias), resume from
+its checkpoint or start from the previous temperature's sampler, train with the run's
+callbacks, draw fresh samples from the frozen EMA sampler, and estimate with every
+weighting: ``likelihood`` (−βE − log q, asymptotically exact), ``bias`` (βV), the
+``biased_target`` ESS and, optionally, an independence Metropolis–Hastings chain.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline import estimators as est
+from pipeline import plots
+from pipeline.build import build_bias, build_trainer, build_walker, walker_seed
+from pipeline.callbacks import Checkpoint, EveryIteration, FesRmseHistory
+from pipeline.reference_data import cv_bin_edges, histogram_inputs
+from pipeline.registry import METHODS
+from pipeline.run_outputs import cost_rows, observable_row, run_summary, write_run_outputs, write_samples
+from pipeline.training import MultiWalkerTrainer, call_in_order, train
+
+LOW_ESS_FRACTION = 0.01
+LOW_COVERAGE = 0.9
+
+__all__ = ["run", "make_trainer", "LOW_ESS_FRACTION", "LOW_COVERAGE"]
+
+
+def run(ctx) -> dict:
+    """Train, sample and estimate one trained-method run; returns its summary."""
+    config = ctx.config
+    energy_fn = ctx.services.energy or ctx.system.energy
+    trainer = make_trainer(ctx, energy_fn)
+    checkpoint = ctx.run_dir / "checkpoints" / "checkpoint.pt"
+    if checkpoint.exists():
+        trainer.load_state_dict(torch.load(checkpoint, weights_only=False, map_location="cpu"))
+    elif ctx.initial_sampler_from is not None:
+        _start_from_previous_temperature(trainer, ctx.initial_sampler_from)
+    reference_fes = ctx.reference.fes_kT if ctx.reference is not None and trainer.bias is not None else None
+    callbacks = [Checkpoint(checkpoint, config.training.checkpoint_every)]
+    if reference_fes is not None:
+        callbacks.insert(0, FesRmseHistory(trainer.bias, reference_fes))
+    if ctx.services.report_progress is not None:
+        ctx.services.report_progress(trainer)
+        callbacks.append(EveryIteration(ctx.services.report_progress))
+    train(trainer, callbacks, progress=ctx.progress)
+
+    # Fresh i.i.d. samples from the frozen EMA sampler with the frozen bias (§6).
+    start = time.perf_counter()
+    batch = trainer.sample_final(config.sampling.n_samples, batch_size=config.sampling.batch_size)
+    generation_s = time.perf_counter() - start
+    return _estimate_and_write(ctx, trainer, batch, energy_fn, generation_s, reference_fes is not None)
+
+
+def make_trainer(ctx, energy_fn):
+    """The run's DualLoopTrainer, or a MultiWalkerTrainer with ``training.walkers`` > 1 (walkers
+    in this process, or Ray actors from ``services.make_walkers``)."""
+    config, spec, system = ctx.config, ctx.spec, ctx.system
+    t = config.training
+    method = METHODS[spec.method]
+    bias = _run_bias(ctx, t.batch_size) if method.traits["bias"] else None
+    if t.walkers == 1:
+        return build_trainer(config, spec, system, ctx.seed, energy_fn, bias)
+    if ctx.services.make_walkers is not None:
+        walkers, call = ctx.services.make_walkers(ctx)
+    else:
+        walkers = [build_walker(config, spec, system, ctx.seed, w, energy_fn) for w in range(t.walkers)]
+        call = call_in_order
+    return MultiWalkerTrainer(walkers, bias, spec.beta, t, method.traits["warmstart"], system.cv_spec, call)
+
+
+def _run_bias(ctx, hills_per_cycle: int):
+    """The run's bias, wrapped by the services (e.g. as a bias-server client)."""
+    bias = build_bias(ctx.config, ctx.system, ctx.spec.beta, hills_per_cycle)
+    return ctx.services.make_bias(bias) if ctx.services.make_bias is not None else bias
+
+
+def _start_from_previous_temperature(trainer, run_dir: Path) -> None:
+    """Warm start: each walker takes the EMA sampler of the finished run in ``run_dir`` (its
+    walker of the same index, modulo that run's walker count)."""
+    trained = torch.load(run_dir / "checkpoints" / "checkpoint.pt", weights_only=False, map_location="cpu")
+    states = [w["ema_sampler"] for w in trained["walkers"]] if "walkers" in trained else [trained["ema_sampler"]]
+    if isinstance(trainer, MultiWalkerTrainer):
+        trainer.call(trainer.walkers, "start_from", [(states[w % len(states)],) for w in range(len(trainer.walkers))])
+    else:
+        trainer.start_from(states[0])
+
+
+def _estimate_and_write(ctx, trainer, batch, energy_fn, generation_s: float, with_rmse: bool) -> dict:
+    config, spec, system = ctx.config, ctx.spec, ctx.system
+    bias = trainer.bias
+    x = batch.x
+    energy = energy_fn(x).numpy()
+    cv = system.cv(x).numpy()
+    bias_energy = bias.value(cv) if bias is not None else np.zeros(len(energy))
+    log_q = batch.log_q.numpy()
+    weightings = {"likelihood": est.log_weights_likelihood(energy, log_q, spec.beta),
+                  "bias": est.log_weights_bias(bias_energy, spec.beta)}
+    log_w_lik = weightings["likelihood"]
+    log_w_biased_target = est.log_weights_biased_target(energy, bias_energy, log_q, spec.beta)
+    observables = {k: v.numpy() for k, v in system.observables(x).items()}
+    n = len(energy)
+
+    rows = []
+    for estimator, log_w in weightings.items():
+        ess = est.kish_ess(log_w)
+        for name, values in observables.items():
+            mean, stderr = est.weighted_mean_and_stderr(values, log_w)
+            rows.append(observable_row(ctx, estimator, name, system.observable_units[name], mean, stderr, ess, n))
+    ess_lik, ess_biased_target = est.kish_ess(log_w_lik), est.kish_ess(log_w_biased_target)
+    ln_z, ln_z_err = est.log_partition_function(log_w_lik)
+    rows.append(observable_row(ctx, "likelihood", "log_partition_function", "1", ln_z, ln_z_err, ess_lik, n))
+    rows.append(observable_row(ctx, "biased_target", "ess_fraction", "1", ess_biased_target / n, math.nan,
+                               ess_biased_target, n))
+    rows.append(observable_row(ctx, "likelihood", "ess_fraction", "1", ess_lik / n, math.nan, ess_lik, n))
+    acceptance = math.nan
+    if config.sampling.metropolis_hastings:
+        # Walkers' samples come in blocks, one mixture component each: propose them in a random order.
+        chain_idx, acceptance = est.independence_metropolis_hastings(log_w_lik, np.random.default_rng(ctx.seed),
+                                                                     shuffle=config.training.walkers > 1)
+        for name, values in observables.items():
+            mean, stderr = est.mcmc_mean_and_stderr(values[chain_idx][:, None])
+            rows.append(observable_row(ctx, "mh", name, system.observable_units[name], mean, stderr, math.nan, n))
+        rows.append(observable_row(ctx, "mh", "acceptance_rate", "1", acceptance, math.nan, math.nan, n))
+    history = trainer.history
+    hills = bias.n_hills if bias is not None else 0
+    rows += cost_rows(ctx, n, trainer.energy_evaluations + n, hills, trainer.elapsed_s, generation_s)
+
+    hist_values, hist_edges = histogram_inputs(system, cv, cv_bin_edges(system))
+    histograms = {estimator: (est.weighted_histogram(hist_values, log_w, hist_edges),
+                              est.weighted_histogram(energy / system.n_sites, log_w,
+                                                     system.energy_per_site_bin_edges()))
+                  for estimator, log_w in weightings.items()}
+    fes_samples = est.fes_from_samples(hist_values, log_w_lik, hist_edges)
+    fes_bias = bias.free_energy() if bias is not None else None
+    scan = _delta_mu_scan(ctx, observables, log_w_lik, x, cv, hist_values, hist_edges)
+    rows += scan["rows"]
+
+    write_run_outputs(ctx, rows, histograms, fes_samples, fes_bias, bias, scan["fes"])
+    order = batch.order.to(torch.int16).numpy() if batch.order is not None else None
+    write_samples(ctx, x.to(torch.int8).numpy(), order, energy, cv, log_q, weightings["bias"], log_w_lik)
+    if history:
+        plots.plot_bias_growth(ctx.run_dir / "bias_growth.png", [r.iteration for r in history],
+                               [r.max_bias_kT for r in history], [r.cv_coverage for r in history],
+                               title=f"{spec.run_name}: bias growth and CV coverage")
+
+    ess_fraction = ess_lik / n
+    coverage = history[-1].cv_coverage if history else math.nan
+    extra = {"initialised_from": ctx.initial_sampler_from.name} if ctx.initial_sampler_from else {}
+    if config.training.walkers > 1:
+        extra["walker_seeds"] = [walker_seed(ctx.seed, w) for w in range(config.training.walkers)]
+    if with_rmse:
+        extra["fes_rmse_history"] = [(r.n_hills, r.energy_evaluations, r.fes_rmse_kT) for r in history]
+    return run_summary(ctx, _warnings(ess_fraction, coverage), **extra, ess_fraction=ess_fraction,
+                       cv_coverage=coverage, mh_acceptance=acceptance, training_wall_time_s=trainer.elapsed_s,
+                       generation_wall_time_s=generation_s, n_samples=n,
+                       energy_evaluations=trainer.energy_evaluations + n, hills=hills)
+
+
+def _warnings(ess_fraction: float, coverage: float) -> list[str]:
+    warnings = []
+    if ess_fraction < LOW_ESS_FRACTION:
+        warnings.append(f"physical-target ESS/n = {ess_fraction:.4f} is below {LOW_ESS_FRACTION}: "
+                        "likelihood-weighted estimates are unreliable")
+    if coverage < LOW_COVERAGE:
+        warnings.append(f"fresh samples spanned only {coverage:.0%} of the CV range during training: "
+                        "the sampler may have missed a mode (ESS alone does not reveal mode collapse)")
+    return warnings
+
+
+def _delta_mu_scan(ctx, observables, log_w, x, cv, hist_values, hist_edges) -> dict:
+    """Reweight likelihood-weighted samples to each Δμ of ``sampling.delta_mu_grid``
+    (systems with a composition observable, i.e. alloys).
+
+    log w_Δμ' = log w + β(Δμ' − Δμ_run)·N₁ (docs/method.md §6).  Returns ``rows`` (observables
+    at each Δμ' other than the run's, ``energy_per_site`` left out since E_Δμ depends on Δμ)
+    and ``fes``: Δμ' → (F, stderr) on the run's CV grid; writes ``delta_mu_scan.png``.
+    """
+    grid = ctx.config.sampling.delta_mu_grid
+    if not grid:
+        return {"rows": [], "fes": {}}
+    system, beta = ctx.system, ctx.spec.beta
+    fraction_name = system.composition_observable
+    n_solute = x.sum(dim=1).numpy().astype(np.float64)
+    run_delta_mu = system.chemical_potential
+    rows, fes, fraction, fraction_err, composition_fes = [], {}, [], [], {}
+    fraction_edges = cv_bin_edges(system)[0]
+    for delta_mu in grid:
+        shifted = est.reweight_chemical_potential(log_w, n_solute, beta, run_delta_mu, delta_mu)
+        ess = est.kish_ess(shifted)
+        for name, values in observables.items():
+            mean, stderr = est.weighted_mean_and_stderr(values, shifted)
+            if name == fraction_name:
+                fraction.append(mean)
+                fraction_err.append(stderr)
+            if name != "energy_per_site" and delta_mu != run_delta_mu:
+                rows.append(observable_row(ctx, "likelihood", name, system.observable_units[name], mean, stderr,
+                                           ess, len(values), delta_mu=delta_mu))
+        fes[delta_mu] = est.fes_from_samples(hist_values, shifted, hist_edges)
+        composition_fes[delta_mu] = est.fes_from_samples(cv[:, 0], shifted, fraction_edges)[0]
+    centres = 0.5 * (fraction_edges[1:] + fraction_edges[:-1])
+    plots.plot_delta_mu_scan(ctx.run_dir / "delta_mu_scan.png", np.asarray(grid), np.asarray(fraction),
+                             np.asarray(fraction_err), centres, composition_fes, fraction_name,
+                             title=f"{ctx.spec.run_name}: reweighted from Δμ = {run_delta_mu:g} eV")
+    return {"rows": rows, "fes": {d: f for d, f in fes.items() if d != run_delta_mu}}
