@@ -3,10 +3,16 @@
 Nothing here imports from ``pipeline``; see ``systems.base.LatticeSystem`` for the interface.
 """
 
-from .base import CVSpec, LatticeSystem
-from .ising import IsingModel
-from .lattice import SquareLattice
-from .potts import PottsModel
-from .registry import SYSTEMS, make_system
+import importlib
+
+_EXPORTS = {"CVSpec": ".base", "LatticeSystem": ".base", "IsingModel": ".ising", "SquareLattice": ".lattice",
+            "PottsModel": ".potts", "SYSTEMS": ".registry", "make_system": ".registry"}
+
+
+def __getattr__(name: str):
+    """Lazy exports: ``import systems.parameters`` (configuration checks) must not import torch."""
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module 'systems' has no attribute {name!r}")
 
 __all__ = ["CVSpec", "LatticeSystem", "SquareLattice", "IsingModel", "PottsModel", "SYSTEMS", "make_system"]
