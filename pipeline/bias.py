@@ -18,14 +18,13 @@ Conventions (see docs/ALGORITHM.md §2–3):
 from __future__ import annotations
 
 import math
-import os
-import tempfile
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["WellTemperedGridBias", "merge_walker_biases"]
+from pipeline.outputs import atomic_path
+
+__all__ = ["WellTemperedGridBias"]
 
 _STATE_FORMAT = "metadns.WellTemperedGridBias/1"
 _ALIGN_RTOL = 1e-9  # alignment tolerance, as a fraction of the CV spacing
@@ -212,11 +211,6 @@ class WellTemperedGridBias:
         """Total number of hills deposited so far."""
         return int(sum(h.shape[0] for h in self._hill_heights))
 
-    @property
-    def max_value(self) -> float:
-        """Largest value of V on the grid (energy units)."""
-        return float(self.values.max())
-
     def node_index(self, s) -> np.ndarray:
         """Indices of the nearest grid node, int64 (B, dim), for CV values s (B, dim).
 
@@ -245,20 +239,6 @@ class WellTemperedGridBias:
         """
         index = self.node_index(s)
         return self.values[tuple(index.T)]
-
-    def visit_counts(self, s) -> np.ndarray:
-        """Number of rows of s (B, dim) whose nearest node is each grid node; int64, grid shape."""
-        index = self.node_index(s)
-        flat = np.ravel_multi_index(tuple(index.T), self.grid_points)
-        return np.bincount(flat, minlength=int(np.prod(self.grid_points))).reshape(self.grid_points)
-
-    def coverage(self, s) -> float:
-        """Fraction of grid nodes that are the nearest node of at least one row of s (B, dim).
-
-        Counts all nodes of the rectangle; nodes the CV cannot reach (e.g. outside the Potts
-        triangle, or between CV values on a finer grid) keep it below 1.
-        """
-        return float(np.mean(self.visit_counts(s) > 0))
 
     # ------------------------------------------------------------------ deposition
     def _gaussian_factors(self, centres: np.ndarray) -> list[np.ndarray]:
@@ -437,7 +417,7 @@ class WellTemperedGridBias:
 
     # ------------------------------------------------------------------ export
     def write_hills(self, path, cv_names: Sequence[str] | None = None) -> None:
-        """Write the hill log as a PLUMED-style HILLS file, atomically (temporary file + os.replace).
+        """Write the hill log as a PLUMED-style HILLS file, atomically (:func:`pipeline.outputs.atomic_path`).
 
         Columns ``time <cv...> sigma_<cv...> height biasf``; ``time`` is the deposition index
         (1 = first deposit call), not a simulation time. Following PLUMED's well-tempered
@@ -466,70 +446,12 @@ class WellTemperedGridBias:
         header = f"#! FIELDS {' '.join(fields)}\n#! SET multivariate false\n"
         fmt = ["%d"] + ["%.17g"] * (2 * self.dim + 2)
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
-        try:
-            with handle:
-                handle.write(header)
-                if n:
-                    np.savetxt(handle, table, fmt=fmt, delimiter=" ")
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(handle.name, path)
-        except BaseException:
-            try:
-                os.unlink(handle.name)
-            except FileNotFoundError:
-                pass
-            raise
+        with atomic_path(path) as tmp, open(tmp, "w") as handle:
+            handle.write(header)
+            if n:
+                np.savetxt(handle, table, fmt=fmt, delimiter=" ")
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(dim={self.dim}, lower={self.lower}, upper={self.upper}, "
                 f"grid_points={self.grid_points}, sigma={self.sigma}, gamma={self.gamma}, kT={self.kT}, "
                 f"hill_height={self.hill_height}, n_hills={self.n_hills}, n_depositions={self.n_depositions})")
-
-
-def merge_walker_biases(base: WellTemperedGridBias, walkers: Sequence[WellTemperedGridBias]) -> WellTemperedGridBias:
-    """Combine walkers that each started from ``base``'s state and deposited independently.
-
-    Returns a new bias (inputs unchanged) with V = V_base + Σ_w (V_w − V_base), the base hills
-    followed by each walker's new hills in walker order, and n_depositions = base + Σ_w (w − base).
-    New hills are renumbered so deposition indices stay unique and increasing: walker w's k-th
-    new deposit gets base.n_depositions + (new deposits of walkers before w) + k.
-    Raises ValueError if a walker's settings differ from base or its hill log does not start
-    with base's hills.
-    """
-    if not isinstance(base, WellTemperedGridBias):
-        raise ValueError("base must be a WellTemperedGridBias")
-    walkers = list(walkers)
-    base_hills = base.hills
-    n_base = base_hills["heights"].shape[0]
-    merged = base.copy()
-    new_times, new_centres, new_heights = [], [], []
-    offset = base.n_depositions
-    for w, walker in enumerate(walkers):
-        if not isinstance(walker, WellTemperedGridBias):
-            raise ValueError(f"walkers[{w}] is not a WellTemperedGridBias")
-        problems = base._incompatible_settings(walker.settings)
-        if problems:
-            raise ValueError(f"walkers[{w}] has settings different from base: " + "; ".join(problems))
-        hills = walker.hills
-        if (walker.n_depositions < base.n_depositions or hills["heights"].shape[0] < n_base
-                or not np.array_equal(hills["centres"][:n_base], base_hills["centres"])
-                or not np.array_equal(hills["heights"][:n_base], base_hills["heights"])):
-            raise ValueError(f"walkers[{w}] did not start from base's state (its hill log does not begin with base's hills); "
-                             "load base.state_dict() into every walker before it deposits")
-        merged.values += walker.values - base.values
-        times = hills["time"][n_base:]
-        new_times.append(times - base.n_depositions + offset)
-        new_centres.append(hills["centres"][n_base:])
-        new_heights.append(hills["heights"][n_base:])
-        offset += walker.n_depositions - base.n_depositions
-    merged.n_depositions = offset
-    for times, centres, heights in zip(new_times, new_centres, new_heights):
-        if heights.shape[0]:
-            merged._hill_times.append(times)
-            merged._hill_centres.append(centres)
-            merged._hill_heights.append(heights)
-    return merged

@@ -26,7 +26,6 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy import fft as _sp_fft
-from scipy import stats as _sp_stats
 
 __all__ = [
     "log_weights_likelihood",
@@ -35,10 +34,7 @@ __all__ = [
     "reweight_chemical_potential",
     "normalized_weights",
     "kish_ess",
-    "kish_ess_fraction",
-    "summarise_weights",
     "weighted_mean_and_stderr",
-    "fixed_bin_edges",
     "bin_edges_for_discrete",
     "bin_edges_for_cv_grid",
     "weighted_histogram",
@@ -48,10 +44,8 @@ __all__ = [
     "cost_to_target",
     "log_partition_function",
     "independence_metropolis_hastings",
-    "autocorrelation_function",
     "integrated_autocorrelation_time",
     "mcmc_mean_and_stderr",
-    "blocking_stderr",
 ]
 
 # Values this close to the outermost bin edges (relative to the edge span) are counted in
@@ -240,32 +234,6 @@ def kish_ess(log_w) -> float:
     return float(1.0 / np.sum(w * w))
 
 
-def kish_ess_fraction(log_w) -> float:
-    """Kish ESS divided by the number of samples n, in [1/n, 1]."""
-    lw = _check_log_weights(log_w)
-    w = _normalise(lw)
-    return float(1.0 / np.sum(w * w) / lw.shape[0])
-
-
-def summarise_weights(log_w) -> dict:
-    """Weight diagnostics for reports.
-
-    Returns ``{"n", "ess", "ess_fraction", "max_normalized_weight", "n_zero_weight"}``.
-    A high ESS fraction does not exclude mode collapse (a collapsed sampler can have
-    ESS/n ~ 1 while missing a mode): check CV coverage as well.
-    """
-    lw = _check_log_weights(log_w)
-    w = _normalise(lw)
-    ess = float(1.0 / np.sum(w * w))
-    return {
-        "n": int(lw.shape[0]),
-        "ess": ess,
-        "ess_fraction": ess / lw.shape[0],
-        "max_normalized_weight": float(w.max()),
-        "n_zero_weight": int(np.isneginf(lw).sum()),
-    }
-
-
 # --------------------------------------------------------------------------------------
 # SNIS means
 # --------------------------------------------------------------------------------------
@@ -295,20 +263,6 @@ def weighted_mean_and_stderr(values, log_w):
 # --------------------------------------------------------------------------------------
 # binning
 # --------------------------------------------------------------------------------------
-def fixed_bin_edges(lower: float, upper: float, n_bins: int) -> np.ndarray:
-    """``n_bins`` equal-width bins on [lower, upper]: edges float64 (n_bins + 1,).
-
-    Use the same edges on both sides of a comparison (JS divergence); fixed, stated edges
-    keep numbers comparable across runs (unlike bins over the joint data range).
-    """
-    lo, hi = float(lower), float(upper)
-    if not (math.isfinite(lo) and math.isfinite(hi)) or not hi > lo:
-        raise ValueError(f"need finite lower < upper, got lower={lower}, upper={upper}")
-    if int(n_bins) != n_bins or n_bins < 1:
-        raise ValueError(f"n_bins must be a positive integer, got {n_bins}")
-    return np.linspace(lo, hi, int(n_bins) + 1)
-
-
 def bin_edges_for_discrete(lower: float, spacing: float, n_values: int) -> np.ndarray:
     """Edges giving each attainable value ``lower + k*spacing`` (k < n_values) its own bin.
 
@@ -660,15 +614,6 @@ def _sokal_tau(acov: np.ndarray, window_factor: float) -> tuple[float, int]:
     return float(tau[window]), window
 
 
-def autocorrelation_function(series) -> np.ndarray:
-    """Normalised autocorrelation rho(t), t = 0..n_steps-1, of (n_steps,) or chain-averaged (n_steps, n_chains)."""
-    x = _as_chains(series, "series")
-    acov = _chain_averaged_autocovariance(x)
-    if acov[0] <= 0:
-        raise ValueError("series is constant: its autocorrelation is undefined")
-    return acov / acov[0]
-
-
 def integrated_autocorrelation_time(series, window_factor: float = 5.0) -> float:
     """Integrated autocorrelation time tau_int = 1 + 2 sum_t rho(t), in steps.
 
@@ -726,46 +671,3 @@ def chain_weighted_mean_and_stderr(values, log_w, window_factor: float = 5.0) ->
     mean = float((w * f).sum() / w.sum())
     _, stderr = mcmc_mean_and_stderr((w / w_mean) * (f - mean), window_factor)
     return mean, stderr
-
-
-def blocking_stderr(series, confidence: float = 0.99) -> float:
-    """Standard error of the mean of a correlated 1-D series by blocking (Flyvbjerg-Petersen).
-
-    Pairs of neighbours are averaged repeatedly (an odd last element is dropped); at level k
-    with n_k blocks of variance var_k the error is sqrt(var_k (1 + 2 rho_k(1)) / (n_k - 1)).
-    The level is chosen automatically with Jonsson's test (Phys. Rev. E 98, 043304, 2018):
-    the first level k whose remaining lag-1 correlations are consistent with zero,
-    sum_{j >= k} n_j rho_j(1)^2 below the chi^2 quantile ``confidence``. The factor
-    (1 + 2 rho_k(1)) (bias-corrected lag-1 autocorrelation of the blocks, floored at 0)
-    removes the residual correlation of adjacent blocks, which otherwise makes plain
-    blocking 5-15% low when blocks are only a few tau long. Returns NaN when no level
-    passes (series too short for its correlation time).
-    """
-    x = _as_chains(series, "series")
-    if x.shape[1] != 1:
-        raise ValueError("series must be 1-D (n,); for several chains use mcmc_mean_and_stderr")
-    x = x[:, 0]
-    if x.shape[0] < 4:
-        raise ValueError(f"series needs at least 4 values for blocking, got {x.shape[0]}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    n_blocks, variances, lag1, stat_terms = [], [], [], []
-    while x.shape[0] >= 2:
-        n_k = x.shape[0]
-        d = x - x.mean()
-        var = float(np.mean(d * d))
-        # lag-1 autocorrelation of the blocks, corrected for its -1/n bias under independence
-        rho1 = float(np.sum(d[:-1] * d[1:])) / n_k / var + (n_k - 1) / n_k**2 if var > 0 else 0.0
-        stat_terms.append(n_k * rho1 * rho1)
-        n_blocks.append(n_k)
-        variances.append(var)
-        lag1.append(rho1)
-        if n_k % 2:
-            x = x[:-1]
-        x = 0.5 * (x[0::2] + x[1::2])
-    tail_sums = np.cumsum(stat_terms[::-1])[::-1]
-    for k, tail in enumerate(tail_sums):
-        dof = len(stat_terms) - k
-        if tail < _sp_stats.chi2.ppf(confidence, dof):
-            return math.sqrt(variances[k] * max(1.0 + 2.0 * lag1[k], 0.0) / (n_blocks[k] - 1))
-    return math.nan

@@ -17,21 +17,23 @@ Tables (column by column; the README copies these):
 ====================  ========  ==============================================================
 column                type      meaning
 ====================  ========  ==============================================================
-system                string    system name (``ising``, ``potts``)
+system                string    system name (``ising``, ``potts``, ``alloy``)
 method                string    method (``metadns``, ``mdns``, ``sw``, ...)
-temperature           float64   temperature (J/k_B for lattice models)
-beta                  float64   inverse temperature 1/(k_B T) (1/J for lattice models)
+temperature           float64   temperature (J/k_B for lattice models, K for alloys)
+beta                  float64   inverse temperature 1/(k_B T) (1/J for lattice models, 1/eV for alloys)
 delta_mu              float64   chemical-potential difference (energy unit); 0 for lattice models
 estimator             string    ``likelihood`` (weights −βE − log q), ``bias`` (weights βV),
-                                ``mcmc`` (reference chains), ``exact`` (enumeration/analytic),
-                                ``mh`` (independence Metropolis–Hastings samples)
+                                ``biased_target`` (weights −β(E+V) − log q: ESS of the training
+                                target), ``mh`` (independence Metropolis–Hastings samples),
+                                ``mcmc`` (reference chains), ``cost`` (energy evaluations,
+                                hills and wall times of the run)
 observable            string    observable name (e.g. ``abs_magnetisation``, ``energy_per_site``)
-unit                  string    unit of ``value`` (``J``, ``1``, ``k_BT`` ...)
+unit                  string    unit of ``value`` (``J``, ``eV``, ``1``, ``k_BT``, ``s`` ...)
 value                 float64   estimate
 stderr                float64   standard error (delta method for weights, autocorrelation-
                                 corrected for MCMC); NaN if unknown
 ess                   float64   Kish effective sample size of that estimator's weights; NaN if
-                                not applicable (mcmc, exact)
+                                not applicable (mcmc, mh, cost)
 n_samples             int64     number of samples (or chain samples) behind the estimate
 ====================  ========  ==============================================================
 
@@ -106,8 +108,8 @@ __all__ = [
 METADATA_PREFIX = "metadns."
 # likelihood: −βE − log q weights; bias: βV weights; biased_target: −β(E+V) − log q (ESS of the
 # training target); mh: independence Metropolis–Hastings chain; mcmc: reference chains;
-# exact: enumeration; cost: energy evaluations, hills and wall times of the run.
-ESTIMATORS: tuple[str, ...] = ("likelihood", "bias", "biased_target", "mh", "mcmc", "exact", "cost")
+# cost: energy evaluations, hills and wall times of the run.
+ESTIMATORS: tuple[str, ...] = ("likelihood", "bias", "biased_target", "mh", "mcmc", "cost")
 FES_SOURCES: tuple[str, ...] = ("bias", "samples")
 
 # --------------------------------------------------------------------------------------------

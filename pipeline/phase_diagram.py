@@ -26,6 +26,8 @@ import numpy as np
 import pandas as pd
 from scipy.special import logsumexp
 
+from systems.units import BOLTZMANN_EV_PER_K
+
 __all__ = [
     "BOLTZMANN_EV_PER_K",
     "Coexistence",
@@ -42,7 +44,6 @@ __all__ = [
     "phase_diagram_table",
 ]
 
-BOLTZMANN_EV_PER_K = 8.617333262e-5
 PHASE_LABELS = ("disordered", "L1_2", "L1_0", "ordered", "unknown")
 
 

@@ -73,13 +73,6 @@ class CVSpec:
             int(round((hi - lo) / dx)) + 1 for lo, hi, dx in zip(self.lower, self.upper, self.spacing)
         )
 
-    def grid_axes(self) -> list[np.ndarray]:
-        """The attainable values per dimension, float64 arrays of length ``grid_points[k]``."""
-        return [
-            lo + dx * np.arange(n, dtype=np.float64)
-            for lo, dx, n in zip(self.lower, self.spacing, self.grid_points)
-        ]
-
     def grid_index(self, values) -> np.ndarray:
         """Nearest grid index per dimension for CV values ``(B, d)`` -> int64 ``(B, d)``.
 
@@ -188,12 +181,6 @@ class LatticeSystem(abc.ABC):
     @abc.abstractmethod
     def to_config(self) -> dict:
         """Parameters that rebuild this system: ``make_system(**system.to_config())``."""
-
-    def random_configurations(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``n`` configurations with i.i.d. uniform tokens, int64 ``(n, D)`` (infinite temperature)."""
-        if int(n) != n or n < 0:
-            raise ValueError(f"n must be a non-negative integer, got {n!r}")
-        return torch.randint(0, self.n_states, (int(n), self.n_sites), generator=generator)
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.to_config().items() if k != "name")

@@ -87,10 +87,6 @@ class RenderedJob:
     def log_path(self, job_id: str) -> Path:
         return Path(str(self.log_pattern).replace("%j", job_id))
 
-    @property
-    def token_path(self) -> Path:
-        return self.slurm_dir / TOKEN_NAME
-
 
 def default_environment() -> tuple[str, str]:
     """The environment of the running interpreter: its venv, its conda env, else none (the

@@ -123,12 +123,24 @@ class AutoregressiveSampler(nn.Module):
             hidden = hidden + F.silu(block(hidden))
         return hidden, inputs
 
-    def _site_log_probs(self, x: torch.Tensor, site: int) -> torch.Tensor:
-        """log p_θ(x_site | x_<site), (B, q): the hidden layers and only the site's q outputs."""
-        hidden, inputs = self._hidden(x)
-        rows = slice(site * self.n_states, (site + 1) * self.n_states)
-        logits = (F.linear(hidden, (self.head.weight * self.head.mask)[rows], self.head.bias[rows])
-                  + F.linear(inputs, (self.skip.weight * self.skip.mask)[rows], self.skip.bias[rows]))
+    def _masked_weights(self):
+        """(weight·mask, bias) of first, blocks, head and skip, computed once per sampled chunk."""
+        return [(layer.weight * layer.mask, layer.bias) for layer in (self.first, *self.blocks, self.head, self.skip)]
+
+    def _site_log_probs(self, inputs: torch.Tensor, site: int, weights) -> torch.Tensor:
+        """log p_θ(x_site | x_<site), (B, q), from the one-hot inputs (B, D·q) of sites < site.
+
+        Exact restriction of ``forward``: only the inputs of sites < site and the hidden units
+        of sites ≤ site reach the site's outputs, so the rest is not computed."""
+        (w_first, b_first), *blocks, (w_head, b_head), (w_skip, b_skip) = weights
+        seen, width = site * self.n_states, (site + 1) * self.hidden
+        rows = slice(seen, seen + self.n_states)
+        context = inputs[:, :seen]
+        hidden = F.silu(F.linear(context, w_first[:width, :seen], b_first[:width]))
+        for w_block, b_block in blocks:
+            hidden = hidden + F.silu(F.linear(hidden, w_block[:width, :width], b_block[:width]))
+        logits = (F.linear(hidden, w_head[rows, :width], b_head[rows])
+                  + F.linear(context, w_skip[rows, :seen], b_skip[rows]))
         return F.log_softmax(logits, dim=-1)
 
     def _log_q(self, x: torch.Tensor) -> torch.Tensor:
@@ -213,14 +225,18 @@ class AutoregressiveSampler(nn.Module):
 
     def _sample_chunk(self, n: int, generator: torch.Generator):
         x = torch.zeros((n, self.n_sites), dtype=torch.int64, device=self.device)
+        inputs = torch.zeros((n, self.n_sites * self.n_states), dtype=self.first.weight.dtype, device=self.device)
         log_q = torch.zeros(n, dtype=torch.float64, device=self.device)
+        weights = self._masked_weights()
+        rows = torch.arange(n, device=self.device)
         for site in range(self.n_sites):  # the only loop: over sites
-            log_probs = self._site_log_probs(x, site).to(torch.float64)          # (n, q)
+            log_probs = self._site_log_probs(inputs, site, weights).to(torch.float64)   # (n, q)
             cdf = log_probs.exp().cumsum(dim=1)
             u = torch.rand((n, 1), generator=generator, device=generator.device,
                            dtype=torch.float64).to(self.device) * cdf[:, -1:]
             drawn = (cdf <= u).sum(dim=1).clamp_max(self.n_states - 1)
             x[:, site] = drawn
+            inputs[rows, site * self.n_states + drawn] = 1.0
             log_q += log_probs.gather(1, drawn[:, None]).squeeze(1)
         return x, log_q
 

@@ -34,13 +34,11 @@ import numpy as np
 import torch
 
 from ..base import CVSpec, LatticeSystem
+from ..units import BOLTZMANN_EV_PER_K
 from .backends import EnergyBackend
 from .fcc import FCCLattice
 
 __all__ = ["BinaryAlloy", "BOLTZMANN_EV_PER_K", "BACKEND_NAMES", "build_backend"]
-
-BOLTZMANN_EV_PER_K = 8.617333262e-5
-"""k_B in eV/K (CODATA 2018)."""
 
 BACKEND_NAMES = ("cluster_expansion", "mace", "ase")
 _CVS = ("composition", "composition_order")

@@ -66,10 +66,6 @@ class ASECalculatorBackend(EnergyBackend):
         self.parameters = dict(parameters or {})
         self.calculator = make_calculator(calculator, self.parameters)
 
-    def spec(self) -> dict:
-        return {"backend": self.name, "calculator": self.calculator_name, "parameters": self.parameters,
-                "vegard_lattice_constants": self.vegard_lattice_constants}
-
     def structures(self, x: torch.Tensor) -> list[ase.Atoms]:
         """The ``ase.Atoms`` evaluated for occupations x ``(B, D)`` (Vegard-scaled if enabled)."""
         scales = vegard_scale(x, self.lattice_constant, self.vegard_lattice_constants).cpu().numpy()

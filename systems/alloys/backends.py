@@ -11,7 +11,8 @@ expansion's E per atom × D, a force field's potential energy at ideal lattice p
 the alloy system turns them into formation energies by subtracting the pure cells.
 
 Backends that are expensive or cannot be pickled (icet objects, MACE models) are built
-from a file path inside the process that uses them; ``spec()`` returns what rebuilds one.
+from a file path inside the process that uses them (``alloy.build_backend`` takes the plain
+data of the config's ``system.energy``).
 """
 
 from __future__ import annotations
@@ -116,10 +117,6 @@ class EnergyBackend(abc.ABC):
         if sites.shape != (x.shape[0],) or new_states.shape != (x.shape[0],):
             raise ValueError(f"sites and new_states must have shape ({x.shape[0]},), one entry per row of x")
         return self._energy_change(x, sites, new_states)
-
-    @abc.abstractmethod
-    def spec(self) -> dict:
-        """Plain-data description that rebuilds this backend in another process."""
 
     @abc.abstractmethod
     def _energy(self, x: torch.Tensor) -> torch.Tensor: ...

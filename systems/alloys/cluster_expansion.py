@@ -311,9 +311,6 @@ class ClusterExpansionBackend(EnergyBackend):
         old_states = x.gather(1, sites.view(batch, 1)).view(batch)
         return (point_values[new_states] - point_values[old_states]) * field
 
-    def spec(self) -> dict:
-        return {"backend": self.name, "model": str(self.model_path), "species": list(self.species)}
-
 
 _CHUNK_ELEMENTS = 2 ** 20
 """int8 cluster products per chunk in :meth:`ClusterExpansionBackend._energy` (1 MiB, cache-sized)."""

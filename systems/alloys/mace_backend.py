@@ -154,22 +154,6 @@ class MACEBackend(EnergyBackend):
         """Directed edges of one cell's graph (pairs within r_max at the smallest possible scale)."""
         return int(self._edge_index.shape[1])
 
-    def spec(self) -> dict:
-        """Plain data; ``MACEBackend.from_spec(spec, supercell)`` rebuilds this backend."""
-        return {"backend": self.name, "model": str(self.model_path), "species": list(self.species),
-                "lattice_constant": self.lattice_constant,
-                "vegard_lattice_constants": None if self.vegard_lattice_constants is None
-                else list(self.vegard_lattice_constants),
-                "device": str(self.device), "dtype": self.dtype, "batch_size": self.batch_size}
-
-    @classmethod
-    def from_spec(cls, spec: dict, supercell: ase.Atoms) -> "MACEBackend":
-        """Rebuild from :meth:`spec`'s dict and the reference supercell (site order)."""
-        if not isinstance(spec, dict) or spec.get("backend") != cls.name or "model" not in spec:
-            raise ValueError(f"a MACE backend spec is a dict with backend='mace' and 'model', got {spec!r}")
-        options = {k: v for k, v in spec.items() if k not in ("backend", "model")}
-        return cls(spec["model"], supercell, **options)
-
     def _smallest_scale(self) -> float:
         if self.vegard_lattice_constants is None:
             return 1.0

@@ -1,5 +1,5 @@
 """Tests for pipeline.bias: hand-computed deposition, validation, persistence, HILLS export,
-walker merging, and convergence of the well-tempered FES to exact free energies."""
+and convergence of the well-tempered FES to exact free energies."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.bias import WellTemperedGridBias, merge_walker_biases
+from pipeline.bias import WellTemperedGridBias
 
 
 def _bias_1d(**overrides) -> WellTemperedGridBias:
@@ -45,7 +45,6 @@ def test_first_and_second_hill_1d_match_hand_computation():
         want = previous + second_height * math.exp(-((node - 0.25) ** 2) / 0.08)
         assert bias.value([[node]])[0] == pytest.approx(want, rel=1e-14)
     assert bias.n_hills == 2 and bias.n_depositions == 2
-    assert bias.max_value == pytest.approx(max(bias.values))
 
 
 def test_batch_uses_one_snapshot_unlike_sequential_calls():
@@ -101,13 +100,10 @@ def test_free_energy_is_scaled_negative_bias_with_min_zero():
     assert bias.free_energy().min() == 0.0
 
 
-def test_node_index_visit_counts_and_coverage():
+def test_node_index_picks_the_nearest_node():
     bias = _bias_2d()
     s = np.array([[0.1, 0.2], [0.74, 1.76], [0.76, 1.74], [0.1, 0.24]])
     np.testing.assert_array_equal(bias.node_index(s), [[0, 0], [1, 4], [2, 3], [0, 0]])
-    counts = bias.visit_counts(s)
-    assert counts[0, 0] == 2 and counts[1, 4] == 1 and counts[2, 3] == 1 and counts.sum() == 4
-    assert bias.coverage(s) == pytest.approx(3 / 15)
 
 
 # --------------------------------------------------------------------------- validation
@@ -280,45 +276,6 @@ def test_hills_file_2d_header_and_validation(tmp_path):
         bias.write_hills(path, cv_names=["p1"])
     with pytest.raises(ValueError, match="cv_names"):
         bias.write_hills(path, cv_names=["p 1", "p2"])
-
-
-# --------------------------------------------------------------------------- walkers
-def test_merge_walker_biases_sums_increments_and_concatenates_hills():
-    base = _bias_2d()
-    base.deposit([[0.5, 1.0], [1.0, 0.5]])
-    base_values = base.values.copy()
-    walkers = [base.copy() for _ in range(3)]
-    rng = np.random.default_rng(3)
-    for n_calls, walker in zip((2, 1, 3), walkers):
-        for _ in range(n_calls):
-            walker.deposit(rng.uniform([0.0, 0.0], [1.0, 2.0], size=(4, 2)))
-    merged = merge_walker_biases(base, walkers)
-
-    np.testing.assert_allclose(merged.values, base.values + sum(w.values - base.values for w in walkers), rtol=1e-14)
-    assert merged.n_depositions == 1 + 2 + 1 + 3 and merged.n_hills == 2 + 4 * 6
-    np.testing.assert_array_equal(merged.hills["time"], np.repeat(np.arange(1, 8), [2, 4, 4, 4, 4, 4, 4]))
-    np.testing.assert_array_equal(merged.hills["centres"][2:6], walkers[0].hills["centres"][2:6])
-    np.testing.assert_array_equal(merged.hills["centres"][-4:], walkers[2].hills["centres"][-4:])
-    # independent check: the merged V is the sum of all logged hills
-    hills = merged.hills
-    gx = np.exp(-(merged.axes[0][None, :] - hills["centres"][:, :1]) ** 2 / (2 * 0.5 ** 2))
-    gy = np.exp(-(merged.axes[1][None, :] - hills["centres"][:, 1:]) ** 2 / (2 * 1.0 ** 2))
-    np.testing.assert_allclose(merged.values, np.einsum("b,bi,bj->ij", hills["heights"], gx, gy), rtol=1e-12)
-    # inputs untouched
-    np.testing.assert_array_equal(base.values, base_values)
-    assert base.n_hills == 2
-    assert merge_walker_biases(base, []).n_hills == 2
-
-
-def test_merge_rejects_foreign_walkers():
-    base = _bias_2d()
-    base.deposit([[0.5, 1.0]])
-    stranger = _bias_2d()
-    stranger.deposit([[0.0, 0.0]])
-    with pytest.raises(ValueError, match="did not start from base"):
-        merge_walker_biases(base, [stranger])
-    with pytest.raises(ValueError, match="gamma"):
-        merge_walker_biases(base, [_bias_2d(gamma=7.0)])
 
 
 # --------------------------------------------------------------------------- acceptance: convergence to exact F

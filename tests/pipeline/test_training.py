@@ -48,10 +48,32 @@ def test_without_warmstart_the_schedule_is_the_target():
 
 
 def test_ema_tracks_the_trained_weights():
-    trainer = tiny_trainer()
-    before = [p.clone() for p in trainer.ema_sampler.parameters()]
+    """After gradient step t = 1..k the EMA is decay_t·EMA + (1 − decay_t)·θ_t with
+    decay_t = min(ema_decay_max, (1 + t)/(10 + t)), starting from the initial weights θ_0;
+    θ_t is recorded right after each optimizer step and the EMA recomputed in float64.
+    ema_decay_max = 0.3 caps the schedule from t = 3 on, so both branches of the min count."""
+    system = make_system("ising", L=4)
+    sampler = MaskedDiffusionSampler(build_denoiser("lattice", system, hidden=8, layers=1), 16, 2, sites_per_step=4)
+    settings = TrainingConfig(outer_iterations=3, batch_size=16, inner_steps=2, maskings=2, ema_decay_max=0.3)
+    trainer = DualLoopTrainer(system, sampler, 0.6, settings, seed=5)
+    initial = [p.detach().double().clone() for p in trainer.sampler.parameters()]
+    assert all(torch.equal(e.double(), p) for e, p in zip(trainer.ema_sampler.parameters(), initial))
+    recorded = []
+    trainer.optimizer.register_step_post_hook(
+        lambda optimizer, args, kwargs: recorded.append([p.detach().double().clone() for p in trainer.sampler.parameters()]))
     trainer.train(progress=False)
-    moved = [not torch.equal(a, b) for a, b in zip(before, trainer.ema_sampler.parameters())]
-    assert any(moved)
-    # First EMA steps use decay (1+t)/(10+t) < 1: the EMA sits between its start and the model.
+
+    k = settings.outer_iterations * settings.inner_steps
+    assert len(recorded) == k == trainer.gradient_steps
+    expected = initial
+    for t, weights in enumerate(recorded, start=1):
+        decay = min(settings.ema_decay_max, (1.0 + t) / (10.0 + t))
+        expected = [decay * e + (1.0 - decay) * w for e, w in zip(expected, weights)]
+    ema = [p.detach().double() for p in trainer.ema_sampler.parameters()]
+    assert len(ema) == len(expected) > 0
+    for got, want in zip(ema, expected):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    # the check is not vacuous: training moved the weights, and the EMA lags the final model
+    assert any(not torch.equal(a, b) for a, b in zip(initial, recorded[-1]))
+    assert max(float((e - w).abs().max()) for e, w in zip(ema, recorded[-1])) > 1e-4
     assert all(not p.requires_grad for p in trainer.ema_sampler.parameters())

@@ -70,7 +70,7 @@ def test_cv_is_magnetisation_on_the_grid():
     assert spec.grid_points == (17,)
     # every attainable value sits on a grid node and every node is attained
     index = spec.grid_index(cv)
-    np.testing.assert_allclose(spec.grid_axes()[0][index[:, 0]], cv[:, 0].numpy(), atol=1e-14)
+    np.testing.assert_allclose(spec.lower[0] + spec.spacing[0] * index[:, 0], cv[:, 0].numpy(), atol=1e-14)
     assert np.array_equal(np.unique(index), np.arange(17))
 
 

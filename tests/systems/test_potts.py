@@ -57,7 +57,7 @@ def test_q3_cv_is_triangle_projection_of_concentrations():
     assert spec.grid_points == (10, 19)
     # all values lie on grid nodes; the ranges are attained
     index = spec.grid_index(cv)
-    nodes = np.stack([spec.grid_axes()[d][index[:, d]] for d in range(2)], axis=1)
+    nodes = np.stack([spec.lower[d] + spec.spacing[d] * index[:, d] for d in range(2)], axis=1)
     np.testing.assert_allclose(nodes, cv, atol=1e-14)
     assert index[:, 0].min() == 0 and index[:, 0].max() == 9
     assert index[:, 1].min() == 0 and index[:, 1].max() == 18

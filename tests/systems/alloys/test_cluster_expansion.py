@@ -110,10 +110,9 @@ def test_paper_ce_formation_energies_in_the_64_site_cell():
     assert "MIT License" in ce.metadata["license"] and "arXiv:2605.21722" in ce.metadata["citation"]
 
 
-def test_spec_and_json_round_trip(tmp_path):
+def test_written_model_file_gives_the_same_energies(tmp_path):
     supercell = SUPERCELLS["2x2x2 conventional (32)"]
     backend = ClusterExpansionBackend(PAPER_CUAU_CE, supercell)
-    assert backend.spec() == {"backend": "cluster_expansion", "model": str(PAPER_CUAU_CE), "species": ["Cu", "Au"]}
     ce_path = tmp_path / "paper.ce"
     load_cluster_expansion(PAPER_CUAU_CE).write(str(ce_path))
     x = random_occupations(32, np.random.default_rng(0))

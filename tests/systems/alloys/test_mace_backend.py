@@ -98,17 +98,6 @@ def test_float32_close_to_float64():
     torch.testing.assert_close(single, double, rtol=0, atol=1e-3)
 
 
-def test_spec_rebuilds_the_backend():
-    supercell = SUPERCELLS["2x2x2 conventional (32)"]
-    backend = MACEBackend(SHIPPED_MACE_MODEL, supercell, SPECIES, A, EMT_VEGARD, batch_size=4)
-    spec = backend.spec()
-    assert spec == json.loads(json.dumps(spec))  # plain data
-    assert spec["backend"] == "mace" and spec["model"] == str(SHIPPED_MACE_MODEL)
-    rebuilt = MACEBackend.from_spec(spec, supercell)
-    x = random_occupations(4, len(supercell), np.random.default_rng(11))
-    torch.testing.assert_close(rebuilt.energy(x), backend.energy(x), rtol=0, atol=0)
-
-
 def test_missing_model_file_names_path_and_script(tmp_path):
     missing = tmp_path / "absent.model"
     with pytest.raises(FileNotFoundError) as error:
