@@ -1,6 +1,6 @@
 """Well-tempered metadynamics bias on a regular grid (1-D or 2-D collective variable).
 
-Conventions (see docs/ALGORITHM.md §2–3):
+Conventions (see docs/method.md §2–3):
 
 * ``V`` is stored on the grid nodes in the run's energy unit (J for lattice models, eV for
   alloys); ``kT`` is given in the same unit, so ``V / kT`` is dimensionless.

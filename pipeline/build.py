@@ -18,7 +18,7 @@ from pipeline.config import Config, ConfigError, RunSpec, expand_runs, validate_
 from pipeline.registry import METHODS, SAMPLER_FAMILIES
 from pipeline.training import DualLoopTrainer
 from systems.parameters import ParameterError
-from systems.registry import make_system
+from systems.registry import SYSTEMS, make_system
 
 __all__ = ["build_system", "build_bias", "build_sampler", "build_trainer", "build_walker", "training_device",
            "restrict_to_run", "derive_seed", "walker_seed", "check_buildable", "check_sampler"]
@@ -34,8 +34,8 @@ def build_system(config: Config):
     except (ValueError, FileNotFoundError) as error:
         message = str(error)
         key = next((k for k in params if message.startswith(k) or f" {k} " in message), None)
-        if key is None and config.system.name == "alloy":
-            key = "energy"  # backend problems: model files, calculators
+        if key is None:  # backend problems (model files, calculators) belong to the backend's key
+            key = next((p.name for p in SYSTEMS[config.system.name].parameters if p.kind == "registry"), None)
         raise ConfigError(f"system.{key}" if key else "system", message) from error
 
 

@@ -49,6 +49,7 @@ from pipeline import plots
 from pipeline.config import config_from_dict
 from pipeline.errors import NoFinishedRuns  # defined there, part of this module's interface
 from pipeline.outputs import METADATA_PREFIX, provenance_metadata, write_parquet
+from systems.registry import SYSTEMS
 
 __all__ = ["FES_PRIORITY", "RunFolder", "find_runs", "dataset_tables", "write_dataset", "summary_table",
            "phase_diagram_points", "make_report", "report_command"]
@@ -309,7 +310,7 @@ def phase_diagram_points(runs: list[RunFolder], systems: dict) -> list[pd_.Phase
     priority = {m: i for i, m in enumerate(FES_PRIORITY)}
     groups: dict[tuple[str, str], list[RunFolder]] = {}
     for run in runs:
-        if run.system_name == "alloy":
+        if run.system_name in SYSTEMS and SYSTEMS[run.system_name].traits.get("chemical_potential"):
             groups.setdefault((run.campaign, run.temperature_tag), []).append(run)
     points = []
     for (campaign, tag), candidates in sorted(groups.items()):

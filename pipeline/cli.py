@@ -195,8 +195,9 @@ def _energy(args) -> int:
 
     with setup_errors(FileNotFoundError):
         config = load_config(args.config, args.overrides)
-        if config.system.name != "alloy":
-            raise ConfigError("system.name", f"`metadns energy` needs an alloy system, got {config.system.name!r}")
+        if not config.system.has_trait("structures"):
+            raise ConfigError("system.name", f"`metadns energy` needs a system of atomic structures (an alloy), "
+                                             f"got {config.system.name!r}")
         if args.out is not None and args.out.suffix != ".parquet":
             raise ConfigError("--out", f"must name a .parquet file, got {args.out}")
         table = energy_table(build_system(config), read_frames(args.files))

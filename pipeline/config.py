@@ -47,12 +47,12 @@ import numpy as np
 import yaml
 
 from pipeline.errors import ConfigError  # defined there, part of this module's interface
-from pipeline.registry import DEFAULT_SAMPLER_FAMILY, SAMPLER_FAMILIES
+from pipeline.registry import DEFAULT_SAMPLER_FAMILY, METHODS as METHOD_REGISTRY, SAMPLER_FAMILIES
+from systems.registry import SYSTEMS
 
 __all__ = [
     "METHODS",
     "SYSTEM_NAMES",
-    "BOLTZMANN_CONSTANT",
     "SECTION_KEYS",
     "TOP_LEVEL_KEYS",
     "ConfigError",
@@ -77,23 +77,11 @@ __all__ = [
     "validate_bias_grid",
 ]
 
-METHODS: tuple[str, ...] = ("metadns", "mdns", "mdns-warmstart", "mcmc-metad", "sw", "metropolis")
-"""Method names accepted in ``methods``."""
+METHODS: tuple[str, ...] = tuple(METHOD_REGISTRY)
+"""Method names accepted in ``methods`` (the registered methods, pipeline.registry)."""
 
-BOLTZMANN_CONSTANT: dict[str, float] = {"ising": 1.0, "potts": 1.0, "alloy": 8.617333262e-5}
-"""k_B per system, in the system's energy unit per temperature unit (J per J/k_B = 1; eV/K for alloys)."""
-
-LATTICE_MODEL_KEYS: tuple[str, ...] = ("L", "J", "field", "q")
-"""System keys of the square-lattice models (ising, potts)."""
-ALLOY_KEYS: tuple[str, ...] = ("size", "cell", "lattice_constant", "species", "energy", "delta_mu", "cv")
-"""System keys of binary FCC alloys (``name: alloy``)."""
-ALLOY_DEFAULTS: dict[str, Any] = {"size": [4, 4, 4], "cell": "primitive", "lattice_constant": 3.8,
-                                  "species": ["Cu", "Au"], "energy": {"name": "cluster_expansion", "model": "cuau_paper"},
-                                  "delta_mu": 0.0, "cv": "composition"}
-"""Defaults of the alloy keys: the paper's 64-site Cu–Au cell with its cluster expansion."""
-
-SYSTEM_NAMES: tuple[str, ...] = tuple(BOLTZMANN_CONSTANT)
-"""System names accepted in ``system.name``."""
+SYSTEM_NAMES: tuple[str, ...] = tuple(SYSTEMS)
+"""System names accepted in ``system.name`` (the registered systems, systems.registry)."""
 
 INITIALISATIONS: tuple[str, ...] = ("none", "previous_temperature")
 """Values of ``training.initialise_from``."""
@@ -108,26 +96,27 @@ DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 
 @dataclass(frozen=True)
 class SystemConfig:
-    """The physical system.  Exactly one of ``beta`` / ``temperature`` is set (a tuple, > 0).
+    """The physical system: ``name`` (a registered system, systems.registry.SYSTEMS), its
+    declared parameters ``params`` (validated, defaults filled in) and exactly one of
+    ``beta`` / ``temperature`` (a tuple, > 0).
 
-    Lattice models (ising, potts): ``L``; ``field`` (h, in J) applies to Ising only (0 for
-    Potts); ``q`` applies to Potts only (``None`` for Ising).  Temperatures in J/k_B, k_B = 1.
-    Alloys (``alloy``): ``alloy`` holds the FCC cell, species, energy backend, Δμ (eV) and CV
-    (keys :data:`ALLOY_KEYS`); temperatures in kelvin, beta in 1/eV.
+    Temperatures are in the system's temperature unit (J/k_B for the lattice models, k_B = 1;
+    kelvin for alloys, k_B in eV/K), beta in 1/energy unit.
     """
 
     name: str
-    L: int | None = None
-    J: float = 1.0
-    field: float = 0.0
-    q: int | None = None
+    params: dict[str, Any]
     beta: tuple[float, ...] | None = None
     temperature: tuple[float, ...] | None = None
-    alloy: dict[str, Any] | None = None
 
     @property
     def boltzmann_constant(self) -> float:
-        return BOLTZMANN_CONSTANT[self.name]
+        """k_B in energy unit per temperature unit (the system's registry trait)."""
+        return SYSTEMS[self.name].traits["boltzmann_constant"]
+
+    def has_trait(self, trait: str) -> bool:
+        """Whether the registered system declares ``trait`` (e.g. ``chemical_potential``)."""
+        return bool(SYSTEMS[self.name].traits.get(trait))
 
     @property
     def betas(self) -> tuple[float, ...]:
@@ -138,28 +127,17 @@ class SystemConfig:
 
     @property
     def temperatures(self) -> tuple[float, ...]:
-        """Temperatures 1/(k_B β), in J/k_B for lattice models, in the order given."""
+        """Temperatures 1/(k_B β), in the system's temperature unit, in the order given."""
         if self.temperature is not None:
             return self.temperature
         return tuple(1.0 / (self.boltzmann_constant * b) for b in self.beta)
 
     def system_params(self) -> dict[str, Any]:
-        """Keyword parameters of the model (L, J, field for Ising; L, J, q for Potts; the alloy keys)."""
-        if self.name == "alloy":
-            return copy.deepcopy(self.alloy)
-        if self.name == "potts":
-            return {"L": self.L, "J": self.J, "q": self.q}
-        return {"L": self.L, "J": self.J, "field": self.field}
+        """Keyword parameters of the system's factory (a copy)."""
+        return copy.deepcopy(self.params)
 
     def to_dict(self) -> dict[str, Any]:
-        if self.name == "alloy":
-            out: dict[str, Any] = {"name": self.name, **copy.deepcopy(self.alloy)}
-        else:
-            out = {"name": self.name, "L": self.L, "J": self.J}
-        if self.name == "potts":
-            out["q"] = self.q
-        elif self.name == "ising":
-            out["field"] = self.field
+        out: dict[str, Any] = {"name": self.name, **copy.deepcopy(self.params)}
         if self.beta is not None:
             out["beta"] = list(self.beta)
         else:
@@ -481,7 +459,8 @@ def _int_or_list(value: Any, field: str, *, ge=None, allow_none=False, example: 
 
 _REQUIRED = object()
 
-_SYSTEM_KEYS = ("name", *LATTICE_MODEL_KEYS, *ALLOY_KEYS, "beta", "temperature")
+_SYSTEM_KEYS = ("name", *dict.fromkeys(name for entry in SYSTEMS.values() for name in entry.parameter_names),
+                "beta", "temperature")
 _SECTION_CLASSES = {
     "bias": BiasConfig,
     "training": TrainingConfig,
@@ -520,33 +499,20 @@ def _section(raw: Mapping, section: str) -> dict:
 
 
 def _parse_system(raw: Mapping) -> SystemConfig:
+    """``system``: a registered name, that system's declared parameters and the temperatures."""
     s = _section(raw, "system")
     if "name" not in s:
         raise ConfigError("system.name", f"is required: one of {', '.join(SYSTEM_NAMES)}")
-    name = _choice(s["name"], "system.name", SYSTEM_NAMES)
-    if name == "alloy":
-        for key in LATTICE_MODEL_KEYS:
-            if key in s:
-                raise ConfigError(f"system.{key}", f"{key} applies to the square-lattice models (ising, potts), not to "
-                                  f"alloys; describe the cell with {', '.join(ALLOY_KEYS[:3])}")
-        return _with_temperatures(s, SystemConfig(name=name, alloy=_parse_alloy(s)))
-    for key in ALLOY_KEYS:
-        if key in s:
-            raise ConfigError(f"system.{key}", f"{key} applies to alloys (system.name: alloy); remove it for {name}")
-    if "L" not in s:
-        raise ConfigError("system.L", "is required: the linear lattice size, an integer >= 2, e.g. `L: 16`")
-    L = _int(s["L"], "system.L", ge=2, example="`L: 16`")
-    J = _float(s.get("J", 1.0), "system.J", example="`J: 1.0`")
-    field = _float(s.get("field", 0.0), "system.field", example="`field: 0.0`")
-    if name == "potts":
-        if field != 0.0:
-            raise ConfigError("system.field", "the external field applies to ising only; remove it for potts")
-        q = _int(s.get("q", 3), "system.q", ge=2, example="`q: 3`")
-    else:
-        if "q" in s:
-            raise ConfigError("system.q", f"q applies to potts only; remove it for {name}")
-        q = None
-    return _with_temperatures(s, SystemConfig(name=name, L=L, J=J, field=field, q=q))
+    name = _choice(s.pop("name"), "system.name", SYSTEM_NAMES)
+    temperatures = {key: s.pop(key) for key in ("beta", "temperature") if key in s}
+    entry = SYSTEMS[name]
+    for key in s:
+        if key not in entry.parameter_names:
+            owners = [other for other, e in SYSTEMS.items() if key in e.parameter_names]
+            raise ConfigError(f"system.{key}", f"{key} is a parameter of {', '.join(owners)}, not of {name}; remove it "
+                                               f"(parameters of {name}: {', '.join(entry.parameter_names)})")
+    params = parse_parameters(s, entry, "system", owner=f"system {name}")
+    return _with_temperatures(temperatures, SystemConfig(name=name, params=params))
 
 
 def _with_temperatures(s: Mapping, system: SystemConfig) -> SystemConfig:
@@ -555,146 +521,13 @@ def _with_temperatures(s: Mapping, system: SystemConfig) -> SystemConfig:
     if has_beta and has_temperature:
         raise ConfigError("system.beta", "give exactly one of system.beta and system.temperature, not both")
     if not (has_beta or has_temperature):
-        example = "`temperature: [500, 680, 1200]` (kelvin)" if system.name == "alloy" else "`beta: [0.28, 0.6]`"
+        example = SYSTEMS[system.name].traits["temperature_example"]
         raise ConfigError("system.beta", f"give exactly one of system.beta or system.temperature, e.g. {example}")
     key = "beta" if has_beta else "temperature"
     values = _float_list(s[key], f"system.{key}", gt=0, example=f"`{key}: [0.28, 0.6]`")
     if len(set(values)) != len(values):
         raise ConfigError(f"system.{key}", f"values must be distinct, got {list(values)}; remove the repeats")
     return dataclasses.replace(system, beta=values if has_beta else None, temperature=None if has_beta else values)
-
-
-_TORCH_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
-_CALCULATOR = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-
-
-def _model_file(value: Any, field: str, example: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(field, f"must be a model file or a shipped model's name, got {_describe(value)}; e.g. {example}")
-    return value
-
-
-def _torch_device(value: Any, field: str, example: str) -> str:
-    if not isinstance(value, str) or not _TORCH_DEVICE.match(value):
-        raise ConfigError(field, f"must be a torch device: cpu, cuda or cuda:<index>; got {_describe(value)}; "
-                                 f"e.g. {example}")
-    return value
-
-
-def _mace_dtype(value: Any, field: str, example: str) -> str:
-    return _choice(value, field, ("float64", "float32"))
-
-
-def _batch_size(value: Any, field: str, example: str) -> int | None:
-    return None if value is None else _int(value, field, ge=1, example=example)
-
-
-def _vegard_lattice_constants(value: Any, field: str, example: str) -> list[float] | None:
-    if value is None:
-        return None
-    if not isinstance(value, (list, tuple)) or len(value) != 2:
-        raise ConfigError(field, f"must be two lattice constants in Å (pure species[0], pure species[1]) or null; "
-                                 f"got {_describe(value)}; e.g. {example}")
-    return [_entry(_float, a, i, field, gt=0, example=example) for i, a in enumerate(value)]
-
-
-def _ase_calculator(value: Any, field: str, example: str) -> str:
-    if not isinstance(value, str) or not _CALCULATOR.match(value):
-        raise ConfigError(field, f"must be 'package.module:ClassName', got {_describe(value)}; e.g. {example}")
-    return value
-
-
-def _calculator_parameters(value: Any, field: str, example: str) -> dict | None:
-    if value is None:
-        return None
-    if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
-        raise ConfigError(field, f"must be a mapping of the calculator's keyword arguments, got {_describe(value)}; "
-                                 f"e.g. {example}")
-    return copy.deepcopy(dict(value))
-
-
-@dataclass(frozen=True)
-class EnergyOption:
-    """One key of ``system.energy``: ``parse(value, field, example)`` returns the checked
-    value or raises ConfigError; a ``required`` key has no default in the backend."""
-
-    parse: Callable[[Any, str, str], Any]
-    example: str
-    required: bool = False
-
-
-_DEVICE = EnergyOption(_torch_device, "`device: cpu` (or cuda)")
-_VEGARD = EnergyOption(_vegard_lattice_constants, "`vegard_lattice_constants: [3.5898, 4.0562]` (Å)")
-ENERGY_BACKEND_OPTIONS: dict[str, dict[str, EnergyOption]] = {
-    "cluster_expansion": {
-        "model": EnergyOption(_model_file, "`model: cuau_paper` (shipped) or an icet .ce / project .json file",
-                              required=True),
-        "device": _DEVICE,
-    },
-    "mace": {
-        "model": EnergyOption(_model_file, "`model: cuau_emt` (shipped) or a MACE model file", required=True),
-        "device": _DEVICE,
-        "dtype": EnergyOption(_mace_dtype, "`dtype: float64`"),
-        "batch_size": EnergyOption(_batch_size, "`batch_size: null` (automatic) or `batch_size: 64`"),
-        "vegard_lattice_constants": _VEGARD,
-    },
-    "ase": {
-        "calculator": EnergyOption(_ase_calculator, "`calculator: ase.calculators.emt:EMT` (the default)"),
-        "parameters": EnergyOption(_calculator_parameters, "`parameters: {}`"),
-        "vegard_lattice_constants": _VEGARD,
-    },
-}
-"""Keys of ``system.energy`` besides ``name``, per backend: the keyword arguments of the
-backend constructors (systems.alloys ClusterExpansionBackend, MACEBackend,
-ASECalculatorBackend; ``model`` is their ``model_path``); defaults are the constructors'."""
-
-
-def _parse_energy(energy: Any) -> dict[str, Any]:
-    """``system.energy``: a backend ``name`` and its options (:data:`ENERGY_BACKEND_OPTIONS`), checked."""
-    if not isinstance(energy, Mapping) or not isinstance(energy.get("name"), str):
-        raise ConfigError("system.energy", "must be a mapping naming the backend, e.g. "
-                          "`energy: {name: cluster_expansion, model: cuau_paper}` or `energy: {name: ase}` (EMT); "
-                          f"got {_describe(energy)}")
-    name = energy["name"]
-    if name not in ENERGY_BACKEND_OPTIONS:
-        close = difflib.get_close_matches(name, ENERGY_BACKEND_OPTIONS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError("system.energy.name", f"unknown energy backend {name!r}; valid names: "
-                                                f"{', '.join(ENERGY_BACKEND_OPTIONS)}{hint}")
-    options = ENERGY_BACKEND_OPTIONS[name]
-    for key in energy:
-        if key != "name" and key not in options:
-            raise _unknown_key_error(f"system.energy.{key}", key, ("name", *options))
-    for key, option in options.items():
-        if option.required and key not in energy:
-            raise ConfigError(f"system.energy.{key}", f"is required by the {name} backend; e.g. {option.example}")
-    return {"name": name, **{key: options[key].parse(value, f"system.energy.{key}", options[key].example)
-                             for key, value in energy.items() if key != "name"}}
-
-
-def _parse_alloy(s: Mapping) -> dict[str, Any]:
-    """The alloy keys with defaults filled in and their types checked (the system checks the rest)."""
-    out = {key: copy.deepcopy(s.get(key, default)) for key, default in ALLOY_DEFAULTS.items()}
-    size = out["size"]
-    if isinstance(size, (int, float)) and not isinstance(size, bool):
-        size = [size] * 3
-    if not isinstance(size, Sequence) or isinstance(size, str) or len(size) != 3:
-        raise ConfigError("system.size", f"must be three positive integers (cell repetitions), e.g. `size: [4, 4, 4]`; "
-                          f"got {_describe(out['size'])}")
-    out["size"] = [_int(v, "system.size", ge=1, example="`size: [4, 4, 4]`") for v in size]
-    out["cell"] = _choice(out["cell"], "system.cell", ("primitive", "conventional"))
-    out["lattice_constant"] = _float(out["lattice_constant"], "system.lattice_constant", gt=0,
-                                     example="`lattice_constant: 3.8` (Å)")
-    species = out["species"]
-    if not isinstance(species, Sequence) or isinstance(species, str) or len(species) != 2 \
-            or not all(isinstance(v, str) for v in species) or species[0] == species[1]:
-        raise ConfigError("system.species", f"must be two different chemical symbols, occupation 0 then 1, e.g. "
-                          f"`species: [Cu, Au]`; got {_describe(species)}")
-    out["species"] = list(species)
-    out["energy"] = _parse_energy(out["energy"])
-    out["delta_mu"] = _float(out["delta_mu"], "system.delta_mu", example="`delta_mu: 0.0` (eV)")
-    out["cv"] = _choice(out["cv"], "system.cv", ("composition", "composition_order"))
-    return out
 
 
 def _parse_sampler(raw: Mapping) -> SamplerConfig:
@@ -741,11 +574,58 @@ def _parameter_value(value: Any, parameter, field: str) -> Any:
     if kind == "choice":
         return _choice(value, field, parameter.choices)
     if kind == "str":
-        if not isinstance(value, str) or not value:
-            raise ConfigError(field, f"must be a non-empty string; got {_describe(value)}" +
-                              (f", e.g. {example}" if example else ""))
+        if not isinstance(value, str) or not value.strip() or (parameter.pattern and not re.match(parameter.pattern, value)):
+            wanted = parameter.doc if parameter.pattern else "a non-empty string"
+            raise ConfigError(field, f"must be {wanted}; got {_describe(value)}" + (f"; e.g. {example}" if example else ""))
         return value
+    if kind == "int_triple":
+        triple = [value] * 3 if _as_number(value) is not None else value
+        if not isinstance(triple, (list, tuple)) or len(triple) != 3:
+            raise ConfigError(field, f"must be three integers ({parameter.doc}), e.g. {example}; got {_describe(value)}")
+        return [_entry(_int, v, i, field, ge=parameter.ge, example=example) for i, v in enumerate(triple)]
+    if kind == "float_pair":
+        if not isinstance(value, (list, tuple)) or len(value) != 2:
+            raise ConfigError(field, f"must be {parameter.doc}; got {_describe(value)}; e.g. {example}")
+        return [_entry(_float, v, i, field, gt=parameter.gt, ge=parameter.ge, example=example) for i, v in enumerate(value)]
+    if kind == "str_pair":
+        if not isinstance(value, (list, tuple)) or len(value) != 2 or not all(isinstance(v, str) and v for v in value) \
+                or value[0] == value[1]:
+            raise ConfigError(field, f"must be {parameter.doc}, e.g. {example}; got {_describe(value)}")
+        return list(value)
+    if kind == "mapping":
+        if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
+            raise ConfigError(field, f"must be a mapping with string keys ({parameter.doc}); got {_describe(value)}; "
+                                     f"e.g. {example}")
+        return copy.deepcopy(dict(value))
+    if kind == "registry":
+        return _registry_value(value, parameter, field)
     raise ConfigError(field, f"parameters of kind {kind!r} are not supported here")
+
+
+def _registry_value(value: Any, parameter, field: str) -> dict[str, Any]:
+    """A ``{name: ..., **options}`` mapping selecting an entry of ``parameter.registry``; the
+    options given are checked against the entry's parameters, the others are left out (the
+    component keeps its own defaults, and the configuration stays as written)."""
+    registry = parameter.registry
+    if not isinstance(value, Mapping) or not isinstance(value.get("name"), str):
+        raise ConfigError(field, f"must be a mapping naming the {registry.kind}, e.g. {parameter.example}; "
+                                 f"got {_describe(value)}")
+    name = value["name"]
+    if name not in registry:
+        close = difflib.get_close_matches(name, list(registry), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{field}.name", f"unknown {registry.kind} {name!r}; valid names: {', '.join(registry)}{hint}")
+    entry = registry[name]
+    options = {key: option for key, option in value.items() if key != "name"}
+    for key in options:
+        if key not in entry.parameter_names:
+            raise _unknown_key_error(f"{field}.{key}", key, ("name", *entry.parameter_names))
+    for declared in entry.parameters:
+        if declared.required and declared.name not in options:
+            raise ConfigError(f"{field}.{declared.name}", f"is required by the {name} {registry.kind}; "
+                                                          f"e.g. {declared.example}")
+    return {"name": name, **{key: _parameter_value(option, entry.parameter(key), f"{field}.{key}")
+                             for key, option in options.items()}}
 
 
 def _parse_bias(raw: Mapping) -> BiasConfig:
@@ -980,11 +860,15 @@ def config_from_dict(d: Mapping[str, Any], name: str | None = None) -> Config:
     seed = _int(d.get("seed", 0), "seed", ge=0, example="`seed: 0`")
     methods, system = _parse_methods(d), _parse_system(d)
     sampling = _parse_sampling(d)
-    if sampling.delta_mu_grid and system.name != "alloy":
-        raise ConfigError("sampling.delta_mu_grid", f"Δμ reweighting applies to alloys only; remove it for {system.name}")
-    if system.name == "alloy" and "sw" in methods:
-        raise ConfigError("methods", "sw (Swendsen–Wang cluster moves) applies to ising and potts only; "
-                          "use metropolis or mcmc-metad as the alloy reference")
+    if sampling.delta_mu_grid and not system.has_trait("chemical_potential"):
+        raise ConfigError("sampling.delta_mu_grid", f"Δμ reweighting applies to semi-grand-canonical systems "
+                          f"({', '.join(SYSTEMS.with_trait('chemical_potential'))}) only; remove it for {system.name}")
+    for method in methods:
+        needed = METHOD_REGISTRY[method].traits.get("requires")
+        if needed and not system.has_trait(needed):
+            raise ConfigError("methods", f"{method} ({METHOD_REGISTRY[method].doc}) needs {needed.replace('_', ' ')}, "
+                              f"which only {', '.join(SYSTEMS.with_trait(needed))} have, not {system.name}; use "
+                              f"metropolis or mcmc-metad as the reference")
     grid = _parse_grid(d)
     if grid is not None:
         _grid_point_dicts(d, grid)  # every point must be a valid configuration

@@ -1,6 +1,6 @@
 """Reweighting and estimators: pure numpy float64 functions, no global state.
 
-Conventions (ALGORITHM.md sections 6-7):
+Conventions (docs/method.md §6–7):
 
 * A *log-weight* array ``log_w`` has shape ``(n,)``, one entry per fresh i.i.d. sample, is
   unnormalised, dimensionless and float64. ``-inf`` is allowed and means "zero weight";
@@ -181,7 +181,7 @@ def log_weights_biased_target(energy, bias_energy, log_q, beta) -> np.ndarray:
 
 
 def log_weights_bias(bias_energy, beta) -> np.ndarray:
-    """Bias-only log-weights ``beta*V(xi(x))`` (the "bias weights" of ALGORITHM.md section 6).
+    """Bias-only log-weights ``beta*V(xi(x))`` (the "bias weights" of docs/method.md §6).
 
     bias_energy: (n,) V at each sample's CV in the run's energy unit; beta: 1/(k_B T).
     Valid only if the samples follow the biased target pi_V exactly (q ~= pi_V): cheap and

@@ -1,4 +1,4 @@
-"""The MetaDNS dual training loop (ALGORITHM.md §5).
+"""The MetaDNS dual training loop (docs/method.md §5).
 
 One outer iteration:
   1. draw a fresh batch of B samples (x, order, log q) from the EMA sampler;
@@ -52,7 +52,7 @@ class CVStratifiedReplayBuffer:
     """Past samples kept evenly across CV strata (a training heuristic only).
 
     Samples came from older models, so their weights are not exact importance weights:
-    never use the buffer for estimates (ALGORITHM.md §5).
+    never use the buffer for estimates (docs/method.md §5).
     """
 
     def __init__(self, capacity: int):

@@ -25,22 +25,21 @@ class _Required:
 REQUIRED: Any = _Required()
 """Default of a parameter that has none (the configuration must give it)."""
 
-KINDS = ("int", "float", "bool", "str", "choice", "float_or_list", "int_or_list", "float_pair", "int_triple",
-         "str_pair", "mapping", "registry")
+KINDS = ("int", "float", "bool", "str", "choice", "float_pair", "int_triple", "str_pair", "mapping", "registry")
 
 
 @dataclass(frozen=True)
 class Parameter:
     """One configuration option of a component.
 
-    kind: ``int``, ``float``, ``bool``, ``str``, ``choice`` (one of ``choices``),
-    ``float_or_list`` / ``int_or_list`` (a scalar or one value per CV dimension),
-    ``float_pair`` (two numbers), ``int_triple`` (three integers, or one for all three),
-    ``str_pair`` (two different strings), ``mapping`` (free-form keys, checked by the
-    component) or ``registry`` (a mapping with a ``name`` key selecting an entry of
-    ``registry``, whose own parameters are checked in turn).
-    Bounds ``ge``/``gt``/``lt`` apply to numbers; ``nullable`` admits None; ``example`` is
-    shown in error messages.
+    kind: ``int``, ``float``, ``bool``, ``str`` (non-empty; matching ``pattern`` when one is
+    given, described by ``doc``), ``choice`` (one of ``choices``), ``float_pair`` (two
+    numbers), ``int_triple`` (three integers, or one for all three), ``str_pair`` (two
+    different strings), ``mapping`` (string keys, free-form values, checked by the component)
+    or ``registry`` (a mapping with a ``name`` key selecting an entry of ``registry``, whose
+    own parameters are checked in turn; options it leaves out are not filled in).
+    Bounds ``ge``/``gt``/``lt`` apply to numbers (to each entry of pairs and triples);
+    ``nullable`` admits None; ``example`` is shown in error messages.
     """
 
     name: str
@@ -54,6 +53,7 @@ class Parameter:
     nullable: bool = False
     example: str = ""
     registry: "Registry | None" = None
+    pattern: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

@@ -1,4 +1,4 @@
-"""Denoiser networks for the masked-diffusion sampler (ALGORITHM.md §4).
+"""Denoiser networks for the masked-diffusion sampler (docs/method.md §4).
 
 Interface shared by every denoiser (what ``MaskedDiffusionSampler`` and ``wdce_loss`` rely on):
 

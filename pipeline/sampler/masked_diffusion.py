@@ -1,4 +1,4 @@
-"""MDNS generation loop and exact path likelihood (ALGORITHM.md §4).
+"""MDNS generation loop and exact path likelihood (docs/method.md §4).
 
 An any-order autoregressive sampler over x ∈ {0..q−1}^D.  Generation starts all-MASK,
 draws a random order σ independently of x — a uniformly random permutation of the sites

@@ -1,4 +1,4 @@
-"""Weighted denoising cross-entropy (WDCE) loss for training the denoiser (ALGORITHM.md §5)."""
+"""Weighted denoising cross-entropy (WDCE) loss for training the denoiser (docs/method.md §5)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def wdce_loss(denoiser: nn.Module, x: torch.Tensor, weights: torch.Tensor, n_mas
         L = Σ_i w_i · (1/R) Σ_r min(1/λ_ir, 1e5) · Σ_{d masked} −log p_θ(x_i,d | x̃_ir) / D.
 
     Normalisation: per site (÷ D) and with weights summing to 1, so the scale — and good
-    learning rates — carry over across lattice sizes and batch sizes.  This is ALGORITHM.md's
+    learning rates — carry over across lattice sizes and batch sizes.  This is docs/method.md's
     −1/(B·R) Σ_i Σ_r w_i … with w_i normalised to mean 1 instead of sum 1, divided by D.
     In expectation over the maskings the bracket equals −log q(x_i) averaged over uniformly
     random orders (an upper bound on −log of the model's marginal), so L ≥ 0 and

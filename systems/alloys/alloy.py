@@ -1,7 +1,7 @@
 """Binary substitutional alloy on a periodic FCC supercell (Cu–Au is the shipped case).
 
 Occupations x_i ∈ {0 = species[0], 1 = species[1]} (Cu, Au).  Units: eV and kelvin,
-k_B = 8.617333262e-5 eV/K (ALGORITHM.md §1).  Energy used in the Boltzmann factor
+k_B = 8.617333262e-5 eV/K (docs/method.md §1).  Energy used in the Boltzmann factor
 (semi-grand-canonical, whole cell, eV):
 
     E_Δμ(x) = E_f(x) − Δμ·N₁(x),   E_f(x) = E(x) − (D − N₁)·e₀ − N₁·e₁,
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import numbers
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,43 +37,26 @@ from ..units import BOLTZMANN_EV_PER_K
 from .backends import EnergyBackend
 from .fcc import FCCLattice
 
-__all__ = ["BinaryAlloy", "BOLTZMANN_EV_PER_K", "BACKEND_NAMES", "build_backend"]
+__all__ = ["BinaryAlloy", "BOLTZMANN_EV_PER_K", "build_backend"]
 
-BACKEND_NAMES = ("cluster_expansion", "mace", "ase")
 _CVS = ("composition", "composition_order")
 
 
 def build_backend(spec: dict, lattice: FCCLattice, species: tuple[str, str]) -> EnergyBackend:
-    """Build an energy backend from plain data (what the config's ``system.energy`` holds).
-
-    ``spec["name"]``: ``cluster_expansion`` (``model``: icet ``.ce`` or project JSON path, or
-    ``cuau_paper``), ``mace`` (``model``: model file path or ``cuau_emt``; optional
-    ``vegard_lattice_constants``, ``device``), ``ase`` (``calculator``: ``"module:Class"``,
-    default EMT; ``parameters``; optional ``vegard_lattice_constants``).
+    """Build an energy backend from plain data (what the config's ``system.energy`` holds):
+    ``spec["name"]`` selects an entry of systems.registry.ENERGY_BACKENDS, whose factory
+    ``from_options(options, lattice, species)`` receives the other keys, e.g.
+    ``{"name": "cluster_expansion", "model": "cuau_paper"}`` or ``{"name": "ase"}`` (EMT).
     """
+    from ..registry import ENERGY_BACKENDS  # noqa: PLC0415 - the registry names this module
+
     if not isinstance(spec, dict) or "name" not in spec:
-        raise ValueError(f"the energy backend must be a mapping with a 'name' (one of {BACKEND_NAMES}), got {spec!r}")
-    options = {k: v for k, v in spec.items() if k != "name"}
-    name = spec["name"]
-    supercell = lattice.reference_atoms(species[0])
-    if name == "cluster_expansion":
-        from .cluster_expansion import PAPER_CUAU_CE, ClusterExpansionBackend
-        model = options.pop("model", None)
-        if model is None:
-            raise ValueError("the cluster_expansion backend needs `model`: a .ce/.json file or `cuau_paper`")
-        path = PAPER_CUAU_CE if model == "cuau_paper" else Path(model)
-        return ClusterExpansionBackend(path, supercell, species, **options)
-    if name == "mace":
-        from .mace_backend import SHIPPED_MACE_MODEL, MACEBackend
-        model = options.pop("model", None)
-        if model is None:
-            raise ValueError("the mace backend needs `model`: a MACE model file or `cuau_emt`")
-        path = SHIPPED_MACE_MODEL if model == "cuau_emt" else Path(model)
-        return MACEBackend(path, supercell, species, lattice_constant=lattice.lattice_constant, **options)
-    if name == "ase":
-        from .ase_backend import ASECalculatorBackend
-        return ASECalculatorBackend(supercell, species, lattice_constant=lattice.lattice_constant, **options)
-    raise ValueError(f"unknown energy backend {name!r}; valid names: {list(BACKEND_NAMES)}")
+        raise ValueError(f"the energy backend must be a mapping with a 'name' (one of {list(ENERGY_BACKENDS)}), "
+                         f"got {spec!r}")
+    if spec["name"] not in ENERGY_BACKENDS:
+        raise ValueError(f"unknown energy backend {spec['name']!r}; valid names: {list(ENERGY_BACKENDS)}")
+    options = {key: value for key, value in spec.items() if key != "name"}
+    return ENERGY_BACKENDS[spec["name"]].load()(options, lattice, species)
 
 
 class BinaryAlloy(LatticeSystem):

@@ -17,7 +17,7 @@ import torch
 
 from .backends import EnergyBackend, EnergyEvaluationError, decorate, vegard_scale
 
-__all__ = ["ASECalculatorBackend", "make_calculator"]
+__all__ = ["ASECalculatorBackend", "make_calculator", "from_options"]
 
 DEFAULT_CALCULATOR = "ase.calculators.emt:EMT"
 
@@ -87,3 +87,10 @@ class ASECalculatorBackend(EnergyBackend):
                     f"ASE calculator {self.calculator_name} returned {energies[row]} eV for configuration {row} "
                     f"of the batch ({atoms.get_chemical_formula()}); non-finite energies never enter the weights")
         return torch.from_numpy(energies).to(x.device)
+
+
+def from_options(options: dict, lattice, species: tuple[str, str]) -> ASECalculatorBackend:
+    """The backend of ``system.energy: {name: ase, calculator: …, parameters: …}`` on the
+    cells of ``lattice`` (an FCCLattice); the default calculator is ASE's EMT."""
+    return ASECalculatorBackend(lattice.reference_atoms(species[0]), species,
+                                lattice_constant=lattice.lattice_constant, **options)

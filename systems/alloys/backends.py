@@ -1,4 +1,4 @@
-"""Energy backends for binary alloys on a fixed supercell (ALGORITHM.md §1).
+"""Energy backends for binary alloys on a fixed supercell (docs/method.md §1).
 
 Every backend answers one question for a batch of occupations of one supercell:
 

@@ -1,4 +1,4 @@
-"""Cluster-expansion (CE) energies of binary alloys, batched in torch (ALGORITHM.md §1).
+"""Cluster-expansion (CE) energies of binary alloys, batched in torch (docs/method.md §1).
 
 A binary CE writes the property per site as
 
@@ -29,7 +29,7 @@ from ase.data import atomic_numbers
 from .backends import EnergyBackend
 
 __all__ = ["PAPER_CUAU_CE", "CE_JSON_FORMAT", "ClusterExpansionBackend", "load_cluster_expansion",
-           "build_cluster_expansion", "icet_calculator", "quiet_self_interaction_warning"]
+           "build_cluster_expansion", "icet_calculator", "quiet_self_interaction_warning", "from_options"]
 
 PAPER_CUAU_CE = Path(__file__).resolve().parent / "data" / "cuau_paper_ce.json"
 """The MetaDNS paper's Cu–Au CE (FCC, a = 3.8 Å, cutoffs 6.0/4.5/4.5 Å); see data/README.md."""
@@ -320,3 +320,14 @@ def _point_values(space, species: tuple[str, str]) -> list[float]:
     """φ(species[0]), φ(species[1]): icet's cluster function 0 in its own species enumeration."""
     species_map = space.species_maps[0]  # atomic number -> icet's internal species index
     return [space.evaluate_cluster_function(2, 0, species_map[atomic_numbers[s]]) for s in species]
+
+
+def from_options(options: dict, lattice, species: tuple[str, str]) -> ClusterExpansionBackend:
+    """The backend of ``system.energy: {name: cluster_expansion, model: …, device: …}`` on the
+    cells of ``lattice`` (an FCCLattice); ``model: cuau_paper`` is the shipped Cu–Au CE."""
+    options = dict(options)
+    model = options.pop("model", None)
+    if model is None:
+        raise ValueError("the cluster_expansion backend needs `model`: a .ce/.json file or `cuau_paper`")
+    path = PAPER_CUAU_CE if model == "cuau_paper" else Path(model)
+    return ClusterExpansionBackend(path, lattice.reference_atoms(species[0]), species, **options)

@@ -31,7 +31,7 @@ from ase.neighborlist import neighbor_list
 
 from .backends import EnergyBackend, vegard_scale
 
-__all__ = ["MACEBackend", "SHIPPED_MACE_MODEL", "TRAINING_SCRIPT", "load_mace_model"]
+__all__ = ["MACEBackend", "SHIPPED_MACE_MODEL", "TRAINING_SCRIPT", "load_mace_model", "from_options"]
 
 SHIPPED_MACE_MODEL = Path(__file__).resolve().parent / "data" / "mace_cuau_emt.model"
 """Small Cu–Au MACE model trained on ASE EMT energies (metadata in ``mace_cuau_emt.json``)."""
@@ -206,3 +206,15 @@ def _positive_length(value, field: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{field} must be a positive length in Å (e.g. 3.8), got {value!r}")
     return float(value)
+
+
+def from_options(options: dict, lattice, species: tuple[str, str]) -> MACEBackend:
+    """The backend of ``system.energy: {name: mace, model: …, …}`` on the cells of ``lattice``
+    (an FCCLattice); ``model: cuau_emt`` is the shipped model (:data:`TRAINING_SCRIPT`)."""
+    options = dict(options)
+    model = options.pop("model", None)
+    if model is None:
+        raise ValueError("the mace backend needs `model`: a MACE model file or `cuau_emt`")
+    path = SHIPPED_MACE_MODEL if model == "cuau_emt" else Path(model)
+    return MACEBackend(path, lattice.reference_atoms(species[0]), species, lattice_constant=lattice.lattice_constant,
+                       **options)

@@ -4,7 +4,7 @@ For comparing MetaDNS estimates with an established sampler on the same CE and s
 Semi-grand-canonical (SGC) runs sample exp(−β[E(x) − Σ_s μ_s N_s(x)]).  With μ_0 = e_0 and
 μ_1 = e_1 + Δμ, e_s the CE energy per atom of the pure species-s cell, the exponent is
 −β[E_f(x) − Δμ·N_1(x)] with E_f(x) = E(x) − N_0 e_0 − N_1 e_1 the formation energy of the cell:
-the paper's Δμ = 0 (ALGORITHM.md §1).  ``pure_energies_per_atom`` computes e_0, e_1 from the CE.
+the paper's Δμ = 0 (docs/method.md §1).  ``pure_energies_per_atom`` computes e_0, e_1 from the CE.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ def test_grid_points_are_the_product_of_the_lists_first_key_outermost():
     points = grid_points(config)
     assert [tag for tag, _ in points] == [f"delta_mu={d},sigma={s}" for d in ("-0.05", "0", "0.1")
                                           for s in ("0.05", "0.1")]
-    assert [(c.system.alloy["delta_mu"], c.bias.sigma) for _, c in points] == \
+    assert [(c.system.params["delta_mu"], c.bias.sigma) for _, c in points] == \
         [(d, s) for d in (-0.05, 0.0, 0.1) for s in (0.05, 0.1)]
     assert all(c.grid is None and c.name == "g" for _, c in points)
     assert grid_points(config_from_dict(ALLOY, "plain")) == [("", config_from_dict(ALLOY, "plain"))]

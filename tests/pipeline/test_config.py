@@ -65,7 +65,7 @@ def test_defaults_are_filled():
     assert config.name == "run"
     assert config.seed == 0
     assert config.methods == ("metadns",)
-    assert config.system.J == 1.0 and config.system.field == 0.0 and config.system.q is None
+    assert config.system.params == {"L": 4, "J": 1.0, "field": 0.0}
     assert config.system.beta == (0.6,) and config.system.temperature is None
     assert config.sampler == SamplerConfig("masked_diffusion", {"denoiser": "lattice", "sites_per_step": 4, "schedule": "cosine",
                                                                 "hidden": 64, "layers": 4, "heads": 4})
@@ -82,7 +82,7 @@ def test_defaults_are_filled():
 
 def test_potts_gets_q_default_and_ising_has_no_q():
     potts = config_from_dict(minimal(system={"name": "potts"}), "p")
-    assert potts.system.q == 3
+    assert potts.system.params["q"] == 3 and "field" not in potts.system.params
     assert "q" in potts.to_dict()["system"] and "field" not in potts.to_dict()["system"]
     ising = config_from_dict(MINIMAL, "i")
     assert "q" not in ising.to_dict()["system"] and ising.to_dict()["system"]["field"] == 0.0
@@ -294,11 +294,12 @@ def test_burn_in_not_below_sweeps():
     assert config_from_dict(minimal(reference={"sweeps": 100, "burn_in": 98}), "x").reference.burn_in == 98
 
 
-def test_field_on_potts_is_an_error_but_zero_field_is_fine():
-    error = expect_error(minimal(system={"name": "potts", "field": 0.1}), "system.field")
-    assert "ising" in str(error)
-    assert config_from_dict(minimal(system={"name": "potts", "field": 0}), "x").system.field == 0.0
-    expect_error(minimal(system={"q": 3}), "system.q")  # q on ising
+def test_a_parameter_of_another_system_is_refused_naming_its_owner():
+    for value in (0.1, 0):
+        error = expect_error(minimal(system={"name": "potts", "field": value}), "system.field")
+        assert "parameter of ising, not of potts" in str(error) and "L, J, q" in str(error)
+    error = expect_error(minimal(system={"q": 3}), "system.q")  # q on ising
+    assert "parameter of potts, not of ising" in str(error)
 
 
 def test_name_required_without_file():
@@ -704,41 +705,79 @@ def test_bad_energy_options_name_the_key(energy, field, text):
 def test_energy_options_are_checked_and_normalised():
     energy = {"name": "mace", "model": "cuau_emt", "device": "cuda:1", "dtype": "float32", "batch_size": 1.0e2,
               "vegard_lattice_constants": [4, 4.08]}
-    parsed = config_from_dict(alloy_with_energy(energy), "x").system.alloy["energy"]
+    parsed = config_from_dict(alloy_with_energy(energy), "x").system.params["energy"]
     assert parsed == {**energy, "batch_size": 100, "vegard_lattice_constants": [4.0, 4.08]}
     assert isinstance(parsed["batch_size"], int)
     ase = {"name": "ase", "calculator": "ase.calculators.emt:EMT", "parameters": {"fixed_cutoff": True},
            "vegard_lattice_constants": None}
-    assert config_from_dict(alloy_with_energy(ase), "x").system.alloy["energy"] == ase
-    assert config_from_dict(alloy_with_energy({"name": "ase"}), "x").system.alloy["energy"] == {"name": "ase"}
+    assert config_from_dict(alloy_with_energy(ase), "x").system.params["energy"] == ase
+    assert config_from_dict(alloy_with_energy({"name": "ase"}), "x").system.params["energy"] == {"name": "ase"}
 
 
-def test_energy_option_table_matches_the_backend_constructors():
-    """ENERGY_BACKEND_OPTIONS lists each backend's constructor keywords (``model`` is its
+def test_energy_backend_registry_matches_the_backend_constructors():
+    """Each registered backend declares exactly its constructor's keywords (``model`` is its
     ``model_path``; supercell, species and lattice_constant come from the system), requires
-    exactly those without a default, and accepts every default."""
+    exactly those without a default, declares the constructor's defaults, and a configuration
+    that spells out every default is accepted unchanged."""
     import inspect
 
-    from pipeline.config import ENERGY_BACKEND_OPTIONS
-    from systems.alloys.alloy import BACKEND_NAMES
     from systems.alloys.ase_backend import ASECalculatorBackend
     from systems.alloys.cluster_expansion import ClusterExpansionBackend
     from systems.alloys.mace_backend import _DTYPES, MACEBackend
+    from systems.registry import ENERGY_BACKENDS
 
     constructors = {"cluster_expansion": ClusterExpansionBackend, "mace": MACEBackend, "ase": ASECalculatorBackend}
-    assert tuple(ENERGY_BACKEND_OPTIONS) == BACKEND_NAMES == tuple(constructors)
+    assert tuple(ENERGY_BACKENDS) == tuple(constructors)
     from_system = {"self", "supercell", "species", "lattice_constant"}
+    models = {"cluster_expansion": "cuau_paper", "mace": "cuau_emt"}
     for name, backend in constructors.items():
         parameters = {("model" if key == "model_path" else key): parameter
                       for key, parameter in inspect.signature(backend.__init__).parameters.items()
                       if key not in from_system}
-        options = ENERGY_BACKEND_OPTIONS[name]
-        assert set(options) == set(parameters), name
-        for key, option in options.items():
-            has_default = parameters[key].default is not inspect.Parameter.empty
-            assert option.required is not has_default, (name, key)
+        entry = ENERGY_BACKENDS[name]
+        assert set(entry.parameter_names) == set(parameters), name
+        spelled_out = {"name": name, **({"model": models[name]} if name in models else {})}
+        for declared in entry.parameters:
+            has_default = parameters[declared.name].default is not inspect.Parameter.empty
+            assert declared.required is not has_default, (name, declared.name)
             if has_default:
-                default = parameters[key].default
-                assert option.parse(default, key, option.example) == default, (name, key)
-    dtype = ENERGY_BACKEND_OPTIONS["mace"]["dtype"]
-    assert all(dtype.parse(value, "dtype", dtype.example) == value for value in _DTYPES)
+                assert declared.default == parameters[declared.name].default, (name, declared.name)
+                spelled_out[declared.name] = declared.default
+        assert config_from_dict(alloy_with_energy(spelled_out), "x").system.params["energy"] == spelled_out
+    assert ENERGY_BACKENDS["mace"].parameter("dtype").choices == tuple(_DTYPES)
+
+
+# ---------------------------------------------------------------- README configuration table
+
+
+def readme_configuration_keys() -> set[str]:
+    """Dotted keys of the README's "Configuration (YAML)" table: the first cell's backticked
+    names; a name without a dot belongs to the section of the name before it."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    table = text.split("### Configuration (YAML)", 1)[1].split("\n### ", 1)[0]
+    keys = set()
+    for line in table.splitlines():
+        if not line.startswith("| `"):
+            continue
+        section = ""
+        for name in re.findall(r"`([^`]+)`", line.split("|")[1]):
+            name = name.split(":")[0].strip()
+            if "." in name:
+                section, name = name.split(".", 1)
+            keys.add(f"{section}.{name}" if section else name)
+            section = section or name
+    return keys
+
+
+def test_readme_configuration_table_lists_exactly_the_schema_keys():
+    from pipeline.config import SECTION_KEYS, TOP_LEVEL_KEYS
+
+    schema = {key for key in TOP_LEVEL_KEYS if key not in SECTION_KEYS}
+    schema |= {f"{section}.{key}" for section, keys in SECTION_KEYS.items() for key in keys}
+    documented = readme_configuration_keys()
+    assert len(documented) > 40
+    assert not documented - schema, f"README documents keys the schema lacks: {sorted(documented - schema)}"
+    assert not schema - documented, f"README does not document: {sorted(schema - documented)}"

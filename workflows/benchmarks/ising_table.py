@@ -49,7 +49,7 @@ def main() -> None:
     tables = []
     for path in args.configs:
         config = load_config(path, overrides, profile=args.profile)
-        campaign = prepare_campaign(config, args.out / f"L{config.system.L}_{args.profile}", resume=True)
+        campaign = prepare_campaign(config, args.out / f"L{config.system.params['L']}_{args.profile}", resume=True)
         tables.append(comparison_table(campaign, run_campaign(campaign, progress=True)))
     table = pd.concat(tables, ignore_index=True)
     table = table[[c for c in COLUMNS if c in table.columns]].sort_values(["beta", "method"])

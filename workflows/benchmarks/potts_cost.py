@@ -51,7 +51,7 @@ def main() -> None:
     exact = has_exact_reference(build_system(config))
     methods = METHODS if exact else ("sw", *METHODS)
     config = load_config(args.config, [*args.overrides, f"methods=[{','.join(methods)}]"], profile=args.profile)
-    campaign = prepare_campaign(config, args.out / f"potts_cost_L{config.system.L}_{args.profile}", resume=True)
+    campaign = prepare_campaign(config, args.out / f"potts_cost_L{config.system.params['L']}_{args.profile}", resume=True)
     results = run_campaign(campaign, progress=True)
 
     rows, panels = [], {}
@@ -67,10 +67,10 @@ def main() -> None:
     table = pd.DataFrame(rows).sort_values(["beta", "method"])
     text = table.to_string(index=False, float_format="{:.4g}".format)
     print(text)
-    stem = args.out / f"potts_cost_L{config.system.L}_{args.profile}"
+    stem = args.out / f"potts_cost_L{config.system.params['L']}_{args.profile}"
     Path(f"{stem}.txt").write_text(text + "\n")
     plots.plot_fes_convergence(f"{stem}.png", panels, args.target, "hills deposited",
-                               title=f"Potts q = 3, L = {config.system.L}: FES RMSE against "
+                               title=f"Potts q = 3, L = {config.system.params['L']}: FES RMSE against "
                                + ("exact enumeration" if exact else "Swendsen–Wang"))
     print(f"\nwritten to {stem}.txt and {stem}.png")
 
