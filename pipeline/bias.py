@@ -1,5 +1,8 @@
 """Well-tempered metadynamics bias on a regular grid (1-D or 2-D collective variable).
 
+Size (slightly over the ~400-line guide): one class, the grid bias, with its deposition,
+interpolation, FES and HILLS export, which share the grid conventions below.
+
 Conventions (see docs/method.md §2–3):
 
 * ``V`` is stored on the grid nodes in the run's energy unit (J for lattice models, eV for

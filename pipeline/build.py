@@ -130,10 +130,8 @@ def check_buildable(config: Config, check_device: bool = True):
 def check_sampler(config: Config, system) -> None:
     """Build the sampler once on the CPU; a rejected option becomes a ConfigError naming it."""
     try:
-        build_sampler(config, system)
+        build_sampler(config, system)  # a rejected option (ParameterError) is a ConfigError already
     except ValueError as error:
         if isinstance(error, ConfigError):
             raise
-        field = next((f"sampler.{key}" for key in config.sampler.options if str(error).startswith(key)
-                      or f" {key} " in str(error)), "sampler")
-        raise ConfigError(field, str(error)) from error
+        raise ConfigError("sampler", str(error)) from error

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.build import check_buildable, derive_seed, restrict_to_run
-from pipeline.config import Config, ConfigError, RunSpec, config_from_dict, expand_runs
+from pipeline.config import Config, ConfigError, RunSpec, campaign_folder, config_from_dict, expand_runs
 from pipeline.errors import SetupError
 from pipeline.registry import METHODS
 
@@ -56,7 +56,7 @@ def prepare_campaign(config: Config, out_root: Path, resume: bool, point: str = 
     """
     check_buildable(config, check_device=check_device)
     runs = expand_runs(config)
-    root = Path(out_root) / config.name / point if point else Path(out_root) / config.name
+    root = campaign_folder(out_root, config.name, point)
     existing = [spec for spec in runs if (root / spec.run_name).exists()]
     if existing and not resume:
         raise RunFolderExists(f"run folder(s) {', '.join(s.run_name for s in existing)} already exist under "

@@ -1,5 +1,8 @@
 """``metadns report DIR``: one dataset, summary, plots and (alloys) phase diagram for a campaign.
 
+Size (slightly over the ~400-line guide): the report's dataset, summary, plots and phase
+diagram read the same run folders and are one job.
+
 Every finished run folder under DIR (any depth; a folder with ``summary.json``, as
 ``metadns run`` writes last) is collected.  Written under DIR:
 
@@ -55,7 +58,6 @@ __all__ = ["FES_PRIORITY", "RunFolder", "find_runs", "dataset_tables", "write_da
            "phase_diagram_points", "make_report", "report_command"]
 
 FES_PRIORITY: tuple[str, ...] = ("metadns", "mcmc-metad", "mdns-warmstart", "mdns", "metropolis", "sw")
-CHAIN_METHODS = ("sw", "metropolis", "mcmc-metad")
 DATASET = "dataset"
 SKIPPED_FOLDERS = (DATASET, "plots")
 

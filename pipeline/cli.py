@@ -249,10 +249,10 @@ def _run(args) -> int:
 def _print_run_folders(points, out: Path) -> None:
     """One line per run folder a campaign would make: OUT/<name>/[<point>/]<method>_<temperature tag>
     (the layout of :func:`pipeline.campaign.prepare_campaign`)."""
-    from pipeline.config import expand_runs  # noqa: PLC0415
+    from pipeline.config import campaign_folder, expand_runs  # noqa: PLC0415
 
     for tag, config in points:
-        root = out / config.name / tag if tag else out / config.name
+        root = campaign_folder(out, config.name, tag)
         for spec in expand_runs(config):
             print(root / spec.run_name)
 

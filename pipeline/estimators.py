@@ -1,5 +1,9 @@
 """Reweighting and estimators: pure numpy float64 functions, no global state.
 
+Size (over the ~400-line guide): every estimator of the project (weights, ESS, delta-method
+errors, histograms, JS, FES, ln Z, Δμ reweighting, IMH, autocorrelation) is kept in one
+pure-function module, so that one file carries the conventions below and their audit.
+
 Conventions (docs/method.md §6–7):
 
 * A *log-weight* array ``log_w`` has shape ``(n,)``, one entry per fresh i.i.d. sample, is

@@ -1,5 +1,8 @@
 """Output files: atomic writes, provenance metadata, Parquet tables and their schemas.
 
+Size (over the ~400-line guide): the atomic writer and the schema of every output table live
+together so that the schemas (docs/outputs.md) are checked in one place.
+
 Every file is written atomically: the content goes to a hidden temporary file in the target's
 folder (``.<name>.<random>.tmp``), is flushed and fsynced, then ``os.replace``-d onto the
 target, so an interrupted run leaves either the old file or the new one, never half a file.
@@ -83,6 +86,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from pipeline.config import config_hash
+from pipeline.registry import WEIGHTINGS
 
 __all__ = [
     "METADATA_PREFIX",
@@ -106,10 +110,11 @@ __all__ = [
 ]
 
 METADATA_PREFIX = "metadns."
-# likelihood: −βE − log q weights; bias: βV weights; biased_target: −β(E+V) − log q (ESS of the
-# training target); mh: independence Metropolis–Hastings chain; mcmc: reference chains;
-# cost: energy evaluations, hills and wall times of the run.
-ESTIMATORS: tuple[str, ...] = ("likelihood", "bias", "biased_target", "mh", "mcmc", "cost")
+# The weightings of pipeline.registry.WEIGHTINGS (likelihood: −βE − log q; bias: βV), then
+# biased_target: −β(E+V) − log q (ESS of the training target); mh: independence
+# Metropolis–Hastings chain; mcmc: reference chains; cost: energy evaluations, hills and wall
+# times of the run.
+ESTIMATORS: tuple[str, ...] = (*WEIGHTINGS, "biased_target", "mh", "mcmc", "cost")
 FES_SOURCES: tuple[str, ...] = ("bias", "samples")
 
 # --------------------------------------------------------------------------------------------

@@ -1,5 +1,8 @@
 """Phase diagrams of binary alloys from free-energy surfaces: common-tangent construction.
 
+Size (slightly over the ~400-line guide): the common-tangent construction and its helpers
+share the conventions below.
+
 Pure numpy/scipy functions (no I/O, no Ray).  Conventions:
 
 * A semi-grand-canonical (SGC) run at inverse temperature β and chemical-potential difference

@@ -1,7 +1,8 @@
-"""Registries of the method layer: sampler families and methods (systems and energy
-backends are registered in systems/registry.py).
+"""Registries of the method layer: sampler families, methods and the importance weightings
+of trained samplers (systems and energy backends are registered in systems/registry.py).
 
-Adding a sampler family or a method is one new file plus one entry here.  Entries name
+Adding a sampler family or a method is one new file plus one entry here; adding a
+weighting is one function in pipeline/estimators.py plus one entry here.  Entries name
 their factory as ``"module:attribute"`` (imported on first use) and declare their options,
 so configurations are validated without importing torch (docs/architecture.md).
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from systems.parameters import Entry, Parameter, Registry
 
-__all__ = ["SAMPLER_FAMILIES", "METHODS", "DEFAULT_SAMPLER_FAMILY"]
+__all__ = ["SAMPLER_FAMILIES", "METHODS", "WEIGHTINGS", "DEFAULT_SAMPLER_FAMILY"]
 
 DEFAULT_SAMPLER_FAMILY = "masked_diffusion"
 
@@ -63,3 +64,17 @@ METHODS = Registry("method", (
     Entry("metropolis", "pipeline.methods.chains:metropolis", "single-site Metropolis (unbiased reference)",
           traits={"trained": False, "bias": False, "unbiased_reference": True}),
 ))
+
+WEIGHTINGS = Registry("weighting", (
+    Entry("likelihood", "pipeline.estimators:log_weights_likelihood",
+          "exact importance weights of the Boltzmann target: log w = −βE − log q (the main estimator)",
+          traits={"inputs": ("energy", "log_q", "beta")}),
+    Entry("bias", "pipeline.estimators:log_weights_bias",
+          "bias-only weights log w = βV(ξ(x)): right only once the sampler has converged to π_V",
+          traits={"inputs": ("bias_energy", "beta")}),
+))
+"""Weightings of a trained sampler's final samples: each gives observables, ESS, histograms and
+an FES row set under its name (the ``estimator`` column).  A factory is called with the
+inputs its ``inputs`` trait names, in that order, from: ``energy`` (n,) float64 in the
+system's energy unit, ``bias_energy`` (n,) V(ξ(x)) in the same unit (0 without bias),
+``log_q`` (n,) nats and ``beta``; it returns (n,) float64 log-weights (docs/method.md §6)."""

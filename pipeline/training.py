@@ -1,5 +1,8 @@
 """The MetaDNS dual training loop (docs/method.md §5).
 
+Size (over the ~400-line guide): the dual loop, its replay buffer and the multiple-walker
+mixture share one state (bias, EMA, optimiser, RNG) and are kept together for that reason.
+
 One outer iteration:
   1. draw a fresh batch of B samples (x, order, log q) from the EMA sampler;
   2. deposit one well-tempered hill per fresh sample into the bias (MetaDNS only),

@@ -69,15 +69,21 @@ keep the constructor's default and are not written into it."""
 
 _L = Parameter("L", "int", REQUIRED, ge=2, example="`L: 16`", doc="linear lattice size (L × L sites, periodic)")
 _J = Parameter("J", "float", 1.0, example="`J: 1.0`", doc="nearest-neighbour coupling (J)")
+_FIELD = Parameter("field", "float", 0.0, example="`field: 0.0`", doc="external field h (J)")
 _LATTICE_MODEL = {"boltzmann_constant": 1.0, "temperature_example": "`beta: [0.28, 0.6]`", "cluster_moves": True}
 
 SYSTEMS = Registry("system", (
     Entry("ising", "systems.ising:IsingModel", "Ising model on the periodic square lattice (energies in J)",
-          parameters=(_L, _J, Parameter("field", "float", 0.0, example="`field: 0.0`", doc="external field h (J)")),
-          traits=_LATTICE_MODEL),
+          parameters=(_L, _J, _FIELD), traits=_LATTICE_MODEL),
     Entry("potts", "systems.potts:PottsModel", "q-state Potts model on the periodic square lattice (energies in J)",
           parameters=(_L, _J, Parameter("q", "int", 3, ge=2, example="`q: 3`", doc="number of states")),
           traits=_LATTICE_MODEL),
+    Entry("triangular_ising", "systems.triangular_ising:TriangularIsingModel",
+          "ferromagnetic Ising model on the periodic triangular lattice (energies in J; β_c J = ln 3 / 4)",
+          parameters=(Parameter("L", "int", REQUIRED, ge=3, example="`L: 12`",
+                                doc="linear lattice size (L × L sites, periodic; L ≥ 3: six distinct neighbours)"),
+                      _J, _FIELD),
+          traits={**_LATTICE_MODEL, "temperature_example": "`beta: [0.2, 0.2747, 0.4]`"}),
     Entry("alloy", "systems.alloys.alloy:BinaryAlloy",
           "binary alloy on an FCC supercell, semi-grand-canonical (energies in eV, temperatures in K)",
           parameters=(

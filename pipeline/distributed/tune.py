@@ -1,5 +1,8 @@
 """``metadns tune``: Ray Tune sweeps of config keys with ASHA early stopping.
 
+Size (over the ~400-line guide): the search-space grammar, the trial function and the
+result table of one Tune sweep are one job; splitting them would scatter the sweep's contract.
+
 A config's ``tune:`` section names a search space over dotted config keys; every trial
 trains one sampler (``metadns`` by default, or ``mdns``) at one of the config's temperatures,
 exactly as ``metadns run`` builds it (through :mod:`pipeline.build`, so ``training.device``
@@ -107,7 +110,8 @@ TUNE_KEYS: tuple[str, ...] = ("space", "num_samples", "objective", "method", "te
                               "grace_period", "reduction_factor", "report_every", "eval_samples",
                               "max_concurrent_trials", "cpus_per_trial")
 """Valid keys of the ``tune`` section."""
-TUNE_METHODS: tuple[str, ...] = ("metadns", "mdns")
+TUNE_METHODS: tuple[str, ...] = tuple(name for name in METHODS if METHODS[name].traits["trained"]
+                                   and not METHODS[name].traits["warmstart"])
 # Keys a trial may not change: they define the campaign, the temperature, the seed or the budget
 # ASHA allocates.
 _FIXED_HEADS = ("name", "seed", "methods", "system", "tune")

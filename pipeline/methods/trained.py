@@ -23,7 +23,7 @@ from pipeline import plots
 from pipeline.build import build_bias, build_trainer, build_walker, walker_seed
 from pipeline.callbacks import Checkpoint, EveryIteration, FesRmseHistory
 from pipeline.reference_data import cv_bin_edges, histogram_inputs
-from pipeline.registry import METHODS
+from pipeline.registry import METHODS, WEIGHTINGS
 from pipeline.run_outputs import cost_rows, observable_row, run_summary, write_run_outputs, write_samples
 from pipeline.training import MultiWalkerTrainer, call_in_order, train
 
@@ -101,8 +101,9 @@ def _estimate_and_write(ctx, trainer, batch, energy_fn, generation_s: float, wit
     cv = system.cv(x).numpy()
     bias_energy = bias.value(cv) if bias is not None else np.zeros(len(energy))
     log_q = batch.log_q.numpy()
-    weightings = {"likelihood": est.log_weights_likelihood(energy, log_q, spec.beta),
-                  "bias": est.log_weights_bias(bias_energy, spec.beta)}
+    inputs = {"energy": energy, "bias_energy": bias_energy, "log_q": log_q, "beta": spec.beta}
+    weightings = {name: entry.load()(*(inputs[key] for key in entry.traits["inputs"]))
+                  for name, entry in WEIGHTINGS.items()}
     log_w_lik = weightings["likelihood"]
     log_w_biased_target = est.log_weights_biased_target(energy, bias_energy, log_q, spec.beta)
     observables = {k: v.numpy() for k, v in system.observables(x).items()}

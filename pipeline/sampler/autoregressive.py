@@ -29,6 +29,7 @@ from torch.nn import functional as F
 
 from pipeline.estimators import normalized_weights
 from pipeline.sampler.base import SampleBatch
+from systems.parameters import ParameterError
 
 __all__ = ["AutoregressiveSampler", "MaskedLinear", "LOSSES", "from_options"]
 
@@ -74,9 +75,9 @@ class AutoregressiveSampler(nn.Module):
                                          ("hidden", hidden, 1, "features per site, e.g. 4"),
                                          ("layers", layers, 1, "masked hidden layers, e.g. 2")):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
-                raise ValueError(f"{name} must be an integer ≥ {least} ({hint}), got {value!r}")
+                raise ParameterError(name, f"must be an integer ≥ {least} ({hint}), got {value!r}")
         if loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES} (forward_kl: weighted forward KL, may use the "
+            raise ParameterError("loss", f"must be one of {LOSSES} (forward_kl: weighted forward KL, may use the "
                              f"replay buffer; reinforce: reverse KL, fresh samples only), got {loss!r}")
         self.n_sites, self.n_states = int(n_sites), int(n_states)
         self.hidden, self.layers, self.loss = int(hidden), int(layers), loss

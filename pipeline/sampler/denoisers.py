@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from systems.parameters import ParameterError
+
 __all__ = ["LatticeLocalDenoiser", "TransformerDenoiser", "build_denoiser", "DENOISER_KINDS"]
 
 
@@ -196,7 +198,8 @@ class TransformerDenoiser(nn.Module):
         d_model = _check_positive_int(d_model, "d_model", "64")
         heads = _check_positive_int(heads, "heads", "4")
         if d_model % heads:
-            raise ValueError(f"d_model ({d_model}) must be divisible by heads ({heads}); e.g. d_model=64, heads=4")
+            raise ParameterError("heads", f"must divide the feature width (hidden = d_model = {d_model}), got {heads}; "
+                                          f"e.g. hidden 64 with heads 4")
         self.n_layers = _check_positive_int(layers, "layers", "4")
         n_frequencies = _check_positive_int(n_frequencies, "n_frequencies", "8")
         feedforward = 2 * d_model if feedforward is None else _check_positive_int(feedforward, "feedforward", "128")

@@ -31,6 +31,7 @@ from pipeline.estimators import normalized_weights
 from pipeline.sampler.base import SampleBatch
 from pipeline.sampler.denoisers import build_denoiser
 from pipeline.sampler.wdce import wdce_backward
+from systems.parameters import ParameterError
 
 __all__ = ["MaskedDiffusionSampler", "group_sizes", "cosine_group_sizes", "SCHEDULES"]
 
@@ -52,22 +53,22 @@ def group_sizes(n_sites: int, sites_per_step, schedule: str = "uniform") -> tupl
     first sites drawn independently from an empty context would disagree on the mode.
     """
     if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+        raise ParameterError("schedule", f"must be one of {SCHEDULES}, got {schedule!r}")
     if isinstance(sites_per_step, numbers.Integral) and not isinstance(sites_per_step, bool):
         k = int(sites_per_step)
         if not 1 <= k <= n_sites:
-            raise ValueError(f"sites_per_step must be an integer in [1, n_sites={n_sites}], got {k}")
+            raise ParameterError("sites_per_step", f"must be an integer in [1, n_sites={n_sites}], got {k}")
         if schedule == "cosine":
             return cosine_group_sizes(n_sites, -(-n_sites // k))
         return (k,) * (n_sites // k) + ((n_sites % k,) if n_sites % k else ())
     if isinstance(sites_per_step, (Sequence, torch.Tensor)) and not isinstance(sites_per_step, str):
         sizes = tuple(int(s) for s in sites_per_step)
         if len(sizes) == 0 or min(sizes) < 1 or sum(sizes) != n_sites:
-            raise ValueError(f"sites_per_step as a sequence must hold positive group sizes summing to "
-                             f"n_sites={n_sites}, got {sizes}")
+            raise ParameterError("sites_per_step", f"as a sequence must hold positive group sizes summing to "
+                                                   f"n_sites={n_sites}, got {sizes}")
         return sizes
-    raise ValueError(f"sites_per_step must be an int k or a sequence of group sizes summing to n_sites, "
-                     f"got {sites_per_step!r}")
+    raise ParameterError("sites_per_step", f"must be an int k or a sequence of group sizes summing to n_sites, "
+                                           f"got {sites_per_step!r}")
 
 
 def cosine_group_sizes(n_sites: int, n_steps: int) -> tuple[int, ...]:

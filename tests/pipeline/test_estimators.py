@@ -496,3 +496,26 @@ def test_js_sampling_floor_matches_the_small_noise_limit():
 def test_js_sampling_floor_rejects_an_empty_sample():
     with pytest.raises(ValueError, match="n_effective"):
         est.js_sampling_floor([0.5, 0.5], 0.0)
+
+
+def test_every_registered_weighting_takes_its_declared_inputs_and_is_exact_where_it_should_be():
+    """WEIGHTINGS factories take exactly the inputs their ``inputs`` trait names (in order), and
+    on exact inputs they give the documented weights: likelihood weights are uniform when
+    q = π (log q = −βE − ln Z), bias weights are βV."""
+    import inspect
+
+    from pipeline.outputs import ESTIMATORS
+    from pipeline.registry import WEIGHTINGS
+
+    rng = np.random.default_rng(4)
+    energy, bias_energy, beta = rng.normal(size=50), rng.normal(size=50), 0.7
+    log_pi = -beta * energy - np.logaddexp.reduce(-beta * energy)
+    inputs = {"energy": energy, "bias_energy": bias_energy, "log_q": log_pi, "beta": beta}
+    expected = {"likelihood": lambda w: np.allclose(w - w[0], 0.0, atol=1e-12),
+                "bias": lambda w: np.allclose(w, beta * bias_energy, atol=1e-12)}
+    assert set(WEIGHTINGS) == set(expected) and ESTIMATORS[:len(WEIGHTINGS)] == tuple(WEIGHTINGS)
+    for name, entry in WEIGHTINGS.items():
+        factory, wanted = entry.load(), entry.traits["inputs"]
+        assert tuple(inspect.signature(factory).parameters) == wanted, name
+        log_w = factory(*(inputs[key] for key in wanted))
+        assert log_w.dtype == np.float64 and log_w.shape == (50,) and expected[name](log_w), name

@@ -10,6 +10,7 @@ from systems.registry import SYSTEMS, make_system
 SMALL_PARAMETERS = {
     "ising": {"L": 3},
     "potts": {"L": 3, "q": 3},
+    "triangular_ising": {"L": 3},
     "alloy": {"size": [2, 2, 2], "cell": "conventional", "energy": {"name": "ase"}},
 }
 
