@@ -26,14 +26,16 @@ class IsingModel(LatticeSystem):
       energy_per_site  E/D                                    [J]
       magnetisation    m = mean(s)                            [1]
       abs_magnetisation |m|                                   [1]
-      correlation_r{r} mean over sites and both axes of s_i s_{i+r}, r = 1..L//2  [1]
-                       (C(1) = -E/(2D) for J = 1, h = 0)
+      correlation_r{r} mean over sites and the lattice's bond directions of s_i s_{i+r},
+                       r = 1..L//2  [1] (C(1) = -E/(2D) on the square lattice for J = 1, h = 0)
     """
 
     name = "ising"
+    lattice_class = SquareLattice
+    """The periodic lattice built from ``L`` (a subclass may put the model on another lattice)."""
 
     def __init__(self, L: int, J: float = 1.0, field: float = 0.0):
-        self.lattice = SquareLattice(L)
+        self.lattice = self.lattice_class(L)
         for label, value in (("J", J), ("field", field)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{label} must be a finite number, got {value!r}")
@@ -49,10 +51,7 @@ class IsingModel(LatticeSystem):
         self.boltzmann_constant = 1.0
         self.cv_spec = CVSpec(names=("m",), lower=(-1.0,), upper=(1.0,), spacing=(2.0 / self.n_sites,))
         self.correlation_distances = tuple(range(1, self.L // 2 + 1))
-        self._shifts = {
-            r: (self.lattice.shift(r, axis=0), self.lattice.shift(r, axis=1))
-            for r in self.correlation_distances
-        }
+        self._translations = {r: self.lattice.translations(r) for r in self.correlation_distances}
         self.observable_units = {
             "energy_per_site": "J",
             "magnetisation": "1",
@@ -67,12 +66,17 @@ class IsingModel(LatticeSystem):
         return {"name": self.name, "L": self.L, "J": self.J, "field": self.field}
 
     def energy_per_site_bin_edges(self) -> np.ndarray:
-        """Bins of width 4|J|/D (the spacing of E/N at h = 0) centred on −2|J| + k·4|J|/D,
-        covering [−(2|J| + |h|), 2|J| + |h|]."""
+        """Bins of width 4|J|/D (the spacing of E/N at h = 0) centred on −cJ + k·4|J|/D,
+        covering [−(c|J| + |h|), c|J| + |h|], with c = bonds per site (2 on the square lattice).
+
+        At h = 0 every attainable E/N is a centre: E/N = −cJ + 2J·n/D with n, the number of
+        unsatisfied bonds, even (a spin flip changes it by z − 2·(its unsatisfied bonds))."""
+        bonds_per_site = self.lattice.n_bonds / self.n_sites
         spacing = 4.0 * abs(self.J) / self.n_sites if self.J != 0 else 2.0 * max(abs(self.field), 1.0) / self.n_sites
-        half_range = 2.0 * abs(self.J) + abs(self.field)
+        half_range = bonds_per_site * abs(self.J) + abs(self.field)
         k_max = int(np.ceil(half_range / spacing - 1e-9))
-        centres = spacing * np.arange(-k_max, k_max + 1) + (0.0 if self.J == 0 else (-2.0 * abs(self.J)) % spacing)
+        centres = spacing * np.arange(-k_max, k_max + 1) + (0.0 if self.J == 0 else
+                                                            (-bonds_per_site * self.J) % spacing)
         return np.concatenate([centres - spacing / 2, centres[-1:] + spacing / 2])
 
     # ------------------------------------------------------------------ physics
@@ -112,7 +116,7 @@ class IsingModel(LatticeSystem):
             # Indicator of the m > 0 mode, ½ at m = 0, so that its exact mean is ½ at h = 0.
             "positive_magnetisation": (m > 0).to(torch.float64) + 0.5 * (m == 0).to(torch.float64),
         }
-        for r, (down, right) in self._shifts.items():
-            pair_sum = s * (s[:, down.to(x.device)] + s[:, right.to(x.device)])
-            out[f"correlation_r{r}"] = pair_sum.sum(dim=1) / (2 * self.n_sites)
+        for r, translations in self._translations.items():  # (n_directions, D)
+            pair_sum = (s[:, None, :] * s[:, translations.to(x.device)]).sum(dim=(1, 2))
+            out[f"correlation_r{r}"] = pair_sum / translations.numel()
         return out

@@ -33,6 +33,12 @@ class Lattice:
     def n_bonds(self) -> int:
         return int(self.bonds.shape[0])
 
+    def translations(self, r: int) -> torch.Tensor:
+        """Index maps of the translations by ``r`` steps along each bond direction: int64
+        ``(n_directions, D)``, ``out[a, i]`` = the site r steps from i along direction a, so
+        ``(s[:, None, :] * s[:, out]).mean((1, 2))`` is the correlation C(r)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define its bond directions")
+
 
 class SquareLattice(Lattice):
     """Periodic ``L x L`` square lattice.
@@ -79,6 +85,10 @@ class SquareLattice(Lattice):
         else:
             col = (col + int(r)) % self.L
         return row * self.L + col
+
+    def translations(self, r: int) -> torch.Tensor:
+        """Translations by ``r`` along the two axes: int64 ``(2, D)`` (rows/down, columns/right)."""
+        return torch.stack([self.shift(r, axis=0), self.shift(r, axis=1)])
 
     def __repr__(self) -> str:
         return f"SquareLattice(L={self.L})"

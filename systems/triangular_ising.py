@@ -11,15 +11,12 @@ CV: magnetisation per site m = mean(s) in [-1, 1], spacing 2/D.
 Exact ferromagnetic critical point (zero field): β_c J = ln(3) / 4 ≈ 0.2747.
 
 Everything but the geometry (spins, energy over ``bonds``, single-flip energy change over
-``neighbours``, CV, magnetisation observables, configuration round trip, Swendsen–Wang via
-``bonds``) is the square-lattice :class:`IsingModel`'s.
+``neighbours``, CV, observables, energy bins, configuration round trip, Swendsen–Wang via
+``bonds``) is :class:`IsingModel`'s, which builds its lattice from ``lattice_class``.
 """
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import torch
 
 from .ising import IsingModel
@@ -54,6 +51,10 @@ class TriangularLattice(Lattice):
         self.neighbours = torch.cat([forward, backward], dim=1)
         self.bonds = torch.stack([site.repeat(len(self.DIRECTIONS)), forward.T.reshape(-1)], dim=1)
 
+    def translations(self, r: int) -> torch.Tensor:
+        """Translations by ``r`` along the three :attr:`DIRECTIONS`: int64 ``(3, D)``."""
+        return torch.stack([self.translation(r * di, r * dj) for di, dj in self.DIRECTIONS])
+
     def translation(self, di: int, dj: int) -> torch.Tensor:
         """Index map of the translation by (di, dj): int64 ``(D,)``, ``out[k]`` = site (i+di, j+dj) mod L."""
         if int(di) != di or int(dj) != dj:
@@ -68,45 +69,9 @@ class TriangularLattice(Lattice):
 class TriangularIsingModel(IsingModel):
     """Periodic L x L triangular-lattice Ising model (L ≥ 3), coupling J, field h, energies in J.
 
-    Observables (per sample, float64 ``(B,)``) as for :class:`IsingModel`, except
-      correlation_r{r} mean over sites and the three bond directions of s_i s_{i+r·a},
-                       r = 1..L//2 (C(1) = -E/(3D) for J = 1, h = 0: nearest neighbours).
+    Observables as for :class:`IsingModel`; ``correlation_r{r}`` averages over the three bond
+    directions (C(1) = -E/(3D) for J = 1, h = 0).
     """
 
     name = "triangular_ising"
-
-    def __init__(self, L: int, J: float = 1.0, field: float = 0.0):
-        lattice = TriangularLattice(L)  # first, so that L < 3 is refused with its own message
-        super().__init__(L, J, field)  # checks J and field; sets the geometry-free attributes
-        self.lattice = lattice
-        self.neighbours = lattice.neighbours
-        self.bonds = lattice.bonds
-        self.coordinates = lattice.coordinates
-        self._shifts = {}  # the square-lattice correlations of IsingModel._observables: none here
-        self._direction_shifts = {  # r -> int64 (3, D): translations by r along each bond direction
-            r: torch.stack([lattice.translation(r * di, r * dj) for di, dj in lattice.DIRECTIONS])
-            for r in self.correlation_distances
-        }
-
-    def energy_per_site_bin_edges(self) -> np.ndarray:
-        """Bins of width 4|J|/D centred on −3J + k·4|J|/D, covering [−(3|J| + |h|), 3|J| + |h|].
-
-        At h = 0 every attainable E/N is a bin centre: E/N = −3J + 2J·n/D with n, the number
-        of unsatisfied bonds, always even (a spin flip changes it by 6 − 2·(its unsatisfied bonds)).
-        """
-        if self.J != 0:
-            width = 4.0 * abs(self.J) / self.n_sites
-        else:
-            width = 2.0 * max(abs(self.field), 1.0) / self.n_sites
-        half_range = 3.0 * abs(self.J) + abs(self.field)
-        below = math.ceil((half_range - 3.0 * self.J) / width - 1e-9)
-        above = math.ceil((half_range + 3.0 * self.J) / width - 1e-9)
-        return -3.0 * self.J + (np.arange(-below, above + 2) - 0.5) * width
-
-    def _observables(self, x):
-        out = super()._observables(x)
-        s = self.spins(x)
-        for r, shifts in self._direction_shifts.items():
-            shifted = s[:, shifts.to(x.device)]  # (B, 3, D)
-            out[f"correlation_r{r}"] = (s[:, None, :] * shifted).sum(dim=(1, 2)) / (3 * self.n_sites)
-        return out
+    lattice_class = TriangularLattice

@@ -141,7 +141,7 @@ def test_exact_enumeration_agrees_with_swendsen_wang_near_the_critical_point():
         per_chain = observables[name].reshape(-1, 64).mean(dim=0).numpy()  # independent chain means
         mean, stderr = per_chain.mean(), per_chain.std(ddof=1) / math.sqrt(per_chain.size)
         assert 0 < stderr < 0.01, (name, stderr)
-        assert abs(mean - exact.expectation(name)) <= 3 * stderr, (name, mean, stderr, exact.expectation(name))
+        assert within_3_sigma(mean, stderr, exact.expectation(name)), (name, mean, stderr, exact.expectation(name))
 
 
 # ------------------------------------------------------------------------------- MetaDNS
