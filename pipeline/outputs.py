@@ -20,7 +20,7 @@ Tables (column by column; the README copies these):
 ====================  ========  ==============================================================
 column                type      meaning
 ====================  ========  ==============================================================
-system                string    system name (``ising``, ``potts``, ``alloy``)
+system                string    registered system name (``ising``, ``potts``, ``triangular_ising``, ``alloy``)
 method                string    method (``metadns``, ``mdns``, ``sw``, ...)
 temperature           float64   temperature (J/k_B for lattice models, K for alloys)
 beta                  float64   inverse temperature 1/(k_B T) (1/J for lattice models, 1/eV for alloys)
