@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pipeline.estimators import normalized_weights
-from pipeline.sampler.base import SampleBatch
+from pipeline.sampler.base import SampleBatch, check_batch_size, check_count, check_generator, check_states
 from systems.parameters import ParameterError
 
 __all__ = ["AutoregressiveSampler", "MaskedLinear", "LOSSES", "from_options"]
@@ -157,10 +157,9 @@ class AutoregressiveSampler(nn.Module):
         each draw inverts the float64 CDF with a uniform from ``generator``.  Reproducible
         for a given generator state, n and batch_size; runs in eval mode under no_grad.
         """
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-            raise ValueError(f"n must be a positive integer number of samples, got {n!r}")
-        self._check_generator(generator)
-        batch_size = self._check_batch_size(batch_size)
+        n = check_count(n)
+        check_generator(generator)
+        batch_size = check_batch_size(batch_size, self.default_batch_size)
         xs, log_qs = [], []
         with self._inference():
             for start in range(0, int(n), batch_size):  # loop over chunks, not samples
@@ -173,8 +172,8 @@ class AutoregressiveSampler(nn.Module):
                  batch_size: int | None = None) -> torch.Tensor:
         """Exact log q(x), float64 (n,) in nats; one network call per chunk.  ``order`` is
         ignored (the order is fixed).  Equals ``sample``'s log_q; eval mode, no_grad."""
-        x = self._check_states(x).to(self.device)
-        batch_size = self._check_batch_size(batch_size)
+        x = check_states(x, self.n_sites, self.n_states).to(self.device)
+        batch_size = check_batch_size(batch_size, self.default_batch_size)
         with self._inference():
             chunks = [self._log_q(x[start:start + batch_size]) for start in range(0, x.shape[0], batch_size)]
         return torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.float64, device=self.device)
@@ -195,7 +194,7 @@ class AutoregressiveSampler(nn.Module):
           off-policy (q_gen ≠ q_θ); it is valid for fresh samples only — never train it on a
           replay buffer (samples from old models).
         """
-        x = self._check_states(x).to(self.device)
+        x = check_states(x, self.n_sites, self.n_states).to(self.device)
         log_weights = self._check_per_sample(log_weights, "log_weights", x.shape[0])
         if self.loss == "forward_kl":
             weights = torch.from_numpy(normalized_weights(log_weights.numpy()))
@@ -250,30 +249,6 @@ class AutoregressiveSampler(nn.Module):
                 yield
         finally:
             self.train(was_training)
-
-    def _check_batch_size(self, batch_size) -> int:
-        if batch_size is None:
-            return self.default_batch_size
-        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
-        return int(batch_size)
-
-    @staticmethod
-    def _check_generator(generator) -> None:
-        if not isinstance(generator, torch.Generator):
-            raise ValueError("generator must be a torch.Generator, e.g. torch.Generator().manual_seed(0), "
-                             f"got {type(generator).__name__}")
-
-    def _check_states(self, x) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != self.n_sites:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"x must be an int64 tensor of shape (n, {self.n_sites}), got {shape}")
-        if x.dtype.is_floating_point or x.dtype == torch.bool:
-            raise ValueError(f"x must hold integer states in [0, {self.n_states - 1}], got dtype {x.dtype}")
-        if x.numel() and (int(x.min()) < 0 or int(x.max()) >= self.n_states):
-            raise ValueError(f"x must hold states in [0, {self.n_states - 1}], "
-                             f"got values in [{int(x.min())}, {int(x.max())}]")
-        return x.to(torch.int64)
 
     @staticmethod
     def _check_per_sample(values, name: str, n: int) -> torch.Tensor:

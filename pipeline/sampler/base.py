@@ -25,9 +25,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+import numbers
+
 import torch
 
-__all__ = ["SampleBatch", "Sampler", "batch_on_cpu"]
+__all__ = ["SampleBatch", "Sampler", "batch_on_cpu", "check_count", "check_batch_size", "check_generator",
+           "check_states"]
 
 
 @dataclass
@@ -77,3 +80,40 @@ class Sampler(Protocol):
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict): ...
+
+
+# Argument checks shared by the sampler families (each raises ValueError naming the argument).
+def check_count(n) -> int:
+    """``n`` as a positive int (a number of samples)."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ValueError(f"n must be a positive integer number of samples, got {n!r}")
+    return int(n)
+
+
+def check_batch_size(batch_size, default: int) -> int:
+    """``batch_size`` as a positive int, ``default`` for None."""
+    if batch_size is None:
+        return default
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+    return int(batch_size)
+
+
+def check_generator(generator) -> None:
+    """Refuse anything but a ``torch.Generator`` (all randomness comes from it)."""
+    if not isinstance(generator, torch.Generator):
+        raise ValueError("generator must be a torch.Generator, e.g. torch.Generator().manual_seed(0), "
+                         f"got {type(generator).__name__}")
+
+
+def check_states(x, n_sites: int, n_states: int) -> torch.Tensor:
+    """``x`` as int64 ``(n, n_sites)`` with states in [0, n_states − 1]."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != n_sites:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be an int64 tensor of shape (n, {n_sites}), got {shape}")
+    if x.dtype.is_floating_point or x.dtype == torch.bool:
+        raise ValueError(f"x must hold integer states in [0, {n_states - 1}], got dtype {x.dtype}")
+    if x.numel() and (int(x.min()) < 0 or int(x.max()) >= n_states):
+        raise ValueError(f"x must hold states in [0, {n_states - 1}] (a mask token is not a valid state), "
+                         f"got values in [{int(x.min())}, {int(x.max())}]")
+    return x.to(torch.int64)

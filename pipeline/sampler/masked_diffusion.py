@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from pipeline.estimators import normalized_weights
-from pipeline.sampler.base import SampleBatch
+from pipeline.sampler.base import SampleBatch, check_batch_size, check_count, check_generator, check_states
 from pipeline.sampler.denoisers import build_denoiser
 from pipeline.sampler.wdce import wdce_backward
 from systems.parameters import ParameterError
@@ -163,7 +163,7 @@ class MaskedDiffusionSampler(nn.Module):
         call, with the constructor's schedule.
         Reproducible for a given generator state, n, batch_size and k.
         """
-        n = self._check_count(n)
+        n = check_count(n)
         order = self.random_order(n, generator, sites_per_step=sites_per_step)
         return self._generate(order, generator, batch_size)
 
@@ -172,8 +172,8 @@ class MaskedDiffusionSampler(nn.Module):
 
         Returns int64 ``(n, D)``, ``order[b, d]`` = step at which site d is revealed.
         """
-        n = self._check_count(n)
-        self._check_generator(generator)
+        n = check_count(n)
+        check_generator(generator)
         sizes = self.group_sizes if sites_per_step is None else group_sizes(self.n_sites, sites_per_step,
                                                                              self.schedule)
         device = self._device()
@@ -201,11 +201,11 @@ class MaskedDiffusionSampler(nn.Module):
         order == t).  Equals ``sample``'s log_q for the order that generated x.  Runs under
         no_grad in eval mode, like ``sample``.
         """
-        x = self._check_states(x)
+        x = check_states(x, self.n_sites, self.n_states)
         order = self._check_order(order, n=x.shape[0])
         device = self._device()
         x, order = x.to(device), order.to(device)
-        batch_size = self._check_batch_size(batch_size)
+        batch_size = check_batch_size(batch_size, self.default_batch_size)
         chunks = []
         with self._inference():
             for start in range(0, x.shape[0], batch_size):  # loop over chunks, not samples
@@ -223,8 +223,8 @@ class MaskedDiffusionSampler(nn.Module):
 
     # ------------------------------------------------------------------ internals
     def _generate(self, order: torch.Tensor, generator: torch.Generator, batch_size) -> SampleBatch:
-        self._check_generator(generator)
-        batch_size = self._check_batch_size(batch_size)
+        check_generator(generator)
+        batch_size = check_batch_size(batch_size, self.default_batch_size)
         order = order.to(self._device())
         xs, log_qs = [], []
         with self._inference():
@@ -292,36 +292,6 @@ class MaskedDiffusionSampler(nn.Module):
                 yield
         finally:
             self.denoiser.train(was_training)
-
-    def _check_batch_size(self, batch_size) -> int:
-        if batch_size is None:
-            return self.default_batch_size
-        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
-        return int(batch_size)
-
-    @staticmethod
-    def _check_count(n) -> int:
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-            raise ValueError(f"n must be a positive integer number of samples, got {n!r}")
-        return int(n)
-
-    @staticmethod
-    def _check_generator(generator) -> None:
-        if not isinstance(generator, torch.Generator):
-            raise ValueError("generator must be a torch.Generator, e.g. torch.Generator().manual_seed(0), "
-                             f"got {type(generator).__name__}")
-
-    def _check_states(self, x) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != self.n_sites:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"x must be an int64 tensor of shape (n, {self.n_sites}), got {shape}")
-        if x.dtype.is_floating_point or x.dtype == torch.bool:
-            raise ValueError(f"x must hold integer states in [0, {self.n_states - 1}], got dtype {x.dtype}")
-        if x.numel() and (int(x.min()) < 0 or int(x.max()) >= self.n_states):
-            raise ValueError(f"x must hold states in [0, {self.n_states - 1}] (MASK is not a valid state), "
-                             f"got values in [{int(x.min())}, {int(x.max())}]")
-        return x.to(torch.int64)
 
     def _check_order(self, order, n: int | None = None) -> torch.Tensor:
         if not isinstance(order, torch.Tensor) or order.dim() != 2 or order.shape[1] != self.n_sites \
