@@ -168,6 +168,12 @@ class AutoregressiveSampler(nn.Module):
                 log_qs.append(log_q)
         return SampleBatch(x=torch.cat(xs), order=None, log_q=torch.cat(log_qs))
 
+    def random_order(self, n: int, generator: torch.Generator) -> None:
+        """None: the order is fixed (raster), so there is no σ to draw (the protocol's method)."""
+        check_count(n)
+        check_generator(generator)
+        return None
+
     def log_prob(self, x: torch.Tensor, order: torch.Tensor | None = None,
                  batch_size: int | None = None) -> torch.Tensor:
         """Exact log q(x), float64 (n,) in nats; one network call per chunk.  ``order`` is

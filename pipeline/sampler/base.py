@@ -6,6 +6,8 @@ A sampler family is a ``torch.nn.Module`` over configurations x ∈ {0..q−1}^D
 * ``sample(n, generator, batch_size=None) -> SampleBatch``: n fresh samples, the orders
   that generated them (``None`` when the family has an exact q(x) and no random order) and
   their exact log-likelihoods log q(x | order) in nats;
+* ``random_order(n, generator)``: n orders drawn from the family's order distribution u(σ),
+  independently of any x (an MCMC move that redraws σ), or ``None`` for exact-q(x) families;
 * ``log_prob(x, order, batch_size=None)``: float64 (n,), equal to the ``log_q`` that
   ``sample`` returned for the same (x, order) (``order`` is ignored, and may be None, for
   families with an exact q(x));
@@ -70,6 +72,8 @@ class Sampler(Protocol):
     def device(self) -> torch.device: ...
 
     def sample(self, n: int, generator: torch.Generator, batch_size: int | None = None) -> SampleBatch: ...
+
+    def random_order(self, n: int, generator: torch.Generator) -> torch.Tensor | None: ...
 
     def log_prob(self, x: torch.Tensor, order: torch.Tensor | None,
                  batch_size: int | None = None) -> torch.Tensor: ...

@@ -212,3 +212,22 @@ def test_state_dict_round_trip_gives_identical_log_prob(family, dtype):
     assert not torch.equal(other.log_prob(states, order), sampler.log_prob(states, order))
     other.load_state_dict(sampler.state_dict())
     assert torch.equal(other.log_prob(states, order), sampler.log_prob(states, order))
+
+
+@family_axis
+def test_random_order_is_an_order_log_prob_accepts_and_normalises_over_x(family):
+    """``random_order`` gives None (exact q(x)) or valid orders drawn independently of x; for a
+    drawn σ, q(·|σ) sums to 1 over all states (a move that redraws σ keeps an exact likelihood)."""
+    system = SYSTEMS["potts3_L2"]()
+    sampler = make(family, system, "float64")
+    generator = torch.Generator().manual_seed(3)
+    orders = sampler.random_order(5, generator)
+    states = all_states(system)
+    if orders is None:
+        assert sampler.sample(2, generator).order is None
+        return
+    assert orders.shape == (5, system.n_sites) and orders.dtype == torch.int64
+    assert len({tuple(row.tolist()) for row in orders}) > 1  # drawn, not one fixed order
+    for sigma in orders[:2]:
+        log_q = sampler.log_prob(states, sigma.expand(len(states), -1))
+        assert abs(float(torch.logsumexp(log_q, 0).exp()) - 1.0) < 1e-10
