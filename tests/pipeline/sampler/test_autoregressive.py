@@ -16,37 +16,16 @@ from __future__ import annotations
 
 import math
 
-import pandas as pd
 import pytest
 import torch
 
 from pipeline.build import build_sampler
-from pipeline.campaign import prepare_campaign
 from pipeline.config import config_from_dict
 from pipeline.errors import ConfigError
-from pipeline.runner import run_campaign
 from pipeline.sampler.autoregressive import AutoregressiveSampler
 from systems.exact import enumerate_states, exact_ensemble, ising_log_partition_function
 from systems.registry import make_system
-
-BETA = 0.6
-
-
-def run_config(tmp_path, config: dict) -> dict[str, pd.DataFrame]:
-    """Run every method of ``config``; observables.parquet of each run by method."""
-    campaign = prepare_campaign(config_from_dict(config, config["name"]), tmp_path, resume=False)
-    results = run_campaign(campaign, progress=False)
-    return {r.spec.method: pd.read_parquet(r.run_dir / "observables.parquet") for r in results}
-
-
-def estimate(frame: pd.DataFrame, estimator: str, observable: str) -> tuple[float, float]:
-    row = frame[(frame.estimator == estimator) & (frame.observable == observable)]
-    assert len(row) == 1, (estimator, observable)
-    return float(row.value.iloc[0]), float(row.stderr.iloc[0])
-
-
-def within_3_sigma(value, stderr, exact) -> bool:
-    return abs(value - exact) <= 3 * stderr
+from tests.pipeline.test_method_acceptance import BETA, estimate, run_config, within_3_sigma
 
 
 # ----------------------------------------------------------------------------- normalisation
