@@ -1,7 +1,7 @@
 """Write systems/alloys/data/cuau_paper_ce.json: the MetaDNS paper's Cu–Au cluster expansion.
 
 Usage (from the repository root; run once, the project never reads the source at run time):
-    python workflows/models/build_paper_ce.py [--source ../shared/data/cuau/paper_ce_eci.json]
+    python workflows/models/build_paper_ce.py --source PAPER_CE_ECI.json
 
 The source holds the paper's ECIs (eV per site) in CLEASE's naming, from
 CEBulk(fcc, a = 3.8 Å, basis [['Au', 'Cu']], max_cluster_dia = [6.0, 4.5, 4.5]).  An icet
@@ -24,8 +24,6 @@ from ase.build import bulk
 
 from systems.alloys.cluster_expansion import CE_JSON_FORMAT, PAPER_CUAU_CE, ClusterExpansionBackend
 
-REPOSITORY = Path(__file__).resolve().parents[2]
-DEFAULT_SOURCE = REPOSITORY.parent / "shared" / "data" / "cuau" / "paper_ce_eci.json"
 
 LATTICE_CONSTANT = 3.8
 CUTOFFS = [6.0, 4.5, 4.5]
@@ -107,7 +105,8 @@ def formation_energies_mev(model_path: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="paper_ce_eci.json (CLEASE names)")
+    parser.add_argument("--source", type=Path, required=True,
+                        help="the paper's ECIs as JSON in CLEASE's naming (name -> eV per site), see CITATION")
     parser.add_argument("--output", type=Path, default=PAPER_CUAU_CE)
     args = parser.parse_args()
     model = paper_model(json.loads(args.source.read_text()))
