@@ -15,18 +15,38 @@ import torch
 
 from pipeline.bias import WellTemperedGridBias
 from pipeline.config import Config, ConfigError, RunSpec, expand_runs, validate_bias_grid
+from pipeline.devices import check_energy_device, choose_device
 from pipeline.registry import METHODS, SAMPLER_FAMILIES
 from pipeline.training import DualLoopTrainer
 from systems.parameters import ParameterError
-from systems.registry import SYSTEMS, make_system
+from systems.registry import ENERGY_BACKENDS, SYSTEMS, make_system
 
-__all__ = ["build_system", "build_bias", "build_sampler", "build_trainer", "build_walker", "training_device",
+__all__ = ["build_system", "energy_device", "build_bias", "build_sampler", "build_trainer", "build_walker",
            "restrict_to_run", "derive_seed", "walker_seed", "check_buildable", "check_sampler"]
 
 
-def build_system(config: Config):
-    """The configured system; a rejected parameter becomes a ConfigError naming its key."""
+def energy_device(config: Config) -> str | None:
+    """The ``system.energy.device`` of the configured backend (e.g. MACE's "cuda"), or None
+    when the system has no energy backend or the backend takes no device."""
+    energy = config.system.params.get("energy")
+    if not isinstance(energy, dict) or "name" not in energy:
+        return None
+    if "device" not in ENERGY_BACKENDS[energy["name"]].parameter_names:
+        return None
+    return str(energy.get("device", ENERGY_BACKENDS[energy["name"]].parameter("device").default))
+
+
+def build_system(config: Config, energy_on_cpu: bool = False):
+    """The configured system; a rejected parameter becomes a ConfigError naming its key.
+
+    ``energy_on_cpu``: build the energy backend on the CPU whatever its ``device`` (validation
+    on a machine that is not the run's, e.g. a login node without GPUs)."""
     params = config.system.system_params()
+    backend_device = energy_device(config)
+    if energy_on_cpu and backend_device is not None:
+        params["energy"]["device"] = "cpu"
+    elif backend_device is not None:
+        check_energy_device(backend_device)
     try:
         return make_system(config.system.name, **params)
     except ParameterError as error:
@@ -53,7 +73,7 @@ def build_bias(config: Config, system, beta: float, hills_per_cycle: int) -> Wel
 
 
 def build_sampler(config: Config, system):
-    """The sampler of ``sampler.family`` with its options, on the CPU (see training_device)."""
+    """The sampler of ``sampler.family`` with its options, on the CPU (moved by build_trainer)."""
     family = SAMPLER_FAMILIES[config.sampler.family]
     try:
         return family.load()(system, dict(config.sampler.options), config.training)
@@ -61,20 +81,16 @@ def build_sampler(config: Config, system):
         raise ConfigError(f"sampler.{error.parameter}", error.message) from error
 
 
-def training_device(config: Config) -> torch.device:
-    """The device of ``training.device`` (``auto``: CUDA when visible, else CPU)."""
-    wanted = config.training.device
-    if wanted == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("training.device", "is cuda but no CUDA device is visible to this process; "
-                                             "use auto or cpu, or run on a GPU node")
-    return torch.device("cuda" if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()) else "cpu")
-
-
-def build_trainer(config: Config, spec: RunSpec, system, seed: int, energy_fn, bias) -> DualLoopTrainer:
+def build_trainer(config: Config, spec: RunSpec, system, seed: int, energy_fn, bias,
+                  device: torch.device | None = None) -> DualLoopTrainer:
     """One trainer of a run: its sampler initialised from ``seed`` (all later randomness comes
-    from its generator, seeded with ``seed`` too), training towards π_V with ``bias``."""
+    from its generator, seeded with ``seed`` too), training towards π_V with ``bias`` on
+    ``device`` (None: :func:`pipeline.devices.choose_device` of ``training.device`` here).
+    Parameters are initialised on the CPU, so they do not depend on the device."""
+    if device is None:
+        device = choose_device(config.training.device).device
     torch.manual_seed(seed)  # parameter initialisation only; all sampling uses explicit generators
-    sampler = build_sampler(config, system).to(training_device(config))
+    sampler = build_sampler(config, system).to(device)
     return DualLoopTrainer(system, sampler, spec.beta, config.training, bias=bias, seed=seed,
                            warmstart=METHODS[spec.method].traits["warmstart"], energy_fn=energy_fn)
 
@@ -84,12 +100,13 @@ def walker_seed(run_seed: int, index: int) -> int:
     return derive_seed(run_seed, f"walker{index}")
 
 
-def build_walker(config: Config, spec: RunSpec, system, run_seed: int, index: int, energy_fn) -> DualLoopTrainer:
+def build_walker(config: Config, spec: RunSpec, system, run_seed: int, index: int, energy_fn,
+                 device: torch.device | None = None) -> DualLoopTrainer:
     """Walker ``index`` of a multiple-walker run: its own seed and its own copy of the bias
-    (which the MultiWalkerTrainer keeps equal to the shared one)."""
+    (which the MultiWalkerTrainer keeps equal to the shared one), on ``device`` (see build_trainer)."""
     bias = build_bias(config, system, spec.beta, config.training.batch_size) if METHODS[spec.method].traits["bias"] \
         else None
-    return build_trainer(config, spec, system, walker_seed(run_seed, index), energy_fn, bias)
+    return build_trainer(config, spec, system, walker_seed(run_seed, index), energy_fn, bias, device)
 
 
 def restrict_to_run(config: Config, spec: RunSpec) -> dict:
@@ -113,16 +130,17 @@ def derive_seed(seed: int, run_name: str) -> int:
 
 def check_buildable(config: Config, check_device: bool = True):
     """The build stage of validation: the system, every run's bias and, for trained methods,
-    the sampler can be built (on the CPU).  ``check_device``: also refuse ``training.device:
-    cuda`` where no GPU is visible (``metadns run``; ``metadns submit`` validates for another
-    machine and passes False).  Returns the system."""
-    system = build_system(config)
+    the sampler can be built — all on the CPU, so validation never needs the run's device.
+    ``check_device``: also refuse a ``training.device`` this process cannot serve
+    (:func:`pipeline.devices.choose_device`; ``metadns run``); ``metadns submit`` validates for
+    another machine and passes False.  Returns the system."""
+    system = build_system(config, energy_on_cpu=True)
     runs = expand_runs(config)
     for spec in runs:
         build_bias(config, system, spec.beta, config.training.batch_size)
     if any(METHODS[spec.method].traits["trained"] for spec in runs):
         if check_device:
-            training_device(config)
+            choose_device(config.training.device)
         check_sampler(config, system)
     return system
 

@@ -94,6 +94,8 @@ INITIALISATIONS: tuple[str, ...] = ("none", "previous_temperature")
 """Values of ``training.initialise_from``."""
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 """Values of ``training.device``."""
+WDCE_PRECISIONS: tuple[str, ...] = ("float32", "bf16")
+"""Values of ``training.wdce_precision``."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -207,8 +209,12 @@ class TrainingConfig:
     preceding temperature of the list (warm start along a temperature ladder; the bias
     starts empty, since it belongs to its temperature).  ``walkers`` > 1 trains that many
     samplers on one shared bias (multiple-walker MetaDNS; see MultiWalkerTrainer).
-    ``device``: where the networks train and sample (``auto``: CUDA when visible, else CPU;
-    energies, CVs and weights stay on the CPU in float64).
+    ``device``: where the networks train and sample (``auto``: CUDA when usable, else CPU,
+    said on the console and in summary.json; pipeline/devices.py); energies, CVs and weights
+    stay on the CPU in float64.  ``deterministic``: torch's deterministic algorithms on CUDA
+    (bitwise-repeatable GPU training, somewhat slower; CPU runs are repeatable without it).
+    ``wdce_precision``: ``bf16`` runs the WDCE training forward/backward under bfloat16
+    autocast (GPUs); generation and log q stay float32.
     """
 
     outer_iterations: int = 500
@@ -226,6 +232,8 @@ class TrainingConfig:
     initialise_from: str = "none"
     walkers: int = 1
     device: str = "auto"
+    deterministic: bool = False
+    wdce_precision: str = "float32"
 
 
 @dataclass(frozen=True)
@@ -264,7 +272,11 @@ class DistributedConfig:
     expansions, which cost less than sending a configuration to another process; use ≥ 1
     for expensive backends such as MACE or ASE calculators); ``cpus_per_evaluator`` / ``cpus_per_run`` are Ray CPU
     requests (fractions allowed, so a 2-core machine never deadlocks); ``gpus_per_run``
-    "auto" requests one GPU per trainer when the cluster has any; ``max_batch`` caps the
+    "auto" requests one GPU per trained sampler (each walker actor of a multiple-walker run;
+    none for reference chains or a walkers' coordinator) when the cluster has GPUs and
+    ``training.device`` is not cpu; a number is that request (fractions share a GPU);
+    ``gpus_per_evaluator``: GPUs of each energy-evaluator actor (for backends with
+    ``device: cuda``, e.g. MACE); ``max_batch`` caps the
     configurations per evaluator call (requests are split and coalesced to it);
     ``max_in_flight`` calls queued per evaluator before callers wait (back-pressure).
     """
@@ -273,6 +285,7 @@ class DistributedConfig:
     cpus_per_evaluator: float = 0.25
     cpus_per_run: float = 1.0
     gpus_per_run: float | str = "auto"
+    gpus_per_evaluator: float = 0.0
     max_batch: int = 4096
     max_in_flight: int = 2
 
@@ -485,6 +498,8 @@ def _parse_training(raw: Mapping) -> TrainingConfig:
         initialise_from=check_choice(get("initialise_from"), "training.initialise_from", INITIALISATIONS),
         walkers=check_int(get("walkers"), "training.walkers", ge=1, example="`walkers: 4`"),
         device=check_choice(get("device"), "training.device", DEVICES),
+        deterministic=check_bool(get("deterministic"), "training.deterministic"),
+        wdce_precision=check_choice(get("wdce_precision"), "training.wdce_precision", WDCE_PRECISIONS),
     )
 
 
@@ -540,6 +555,8 @@ def _parse_distributed(raw: Mapping) -> DistributedConfig:
         cpus_per_run=check_float(s.get("cpus_per_run", d.cpus_per_run), "distributed.cpus_per_run", gt=0,
                             example="`cpus_per_run: 1`"),
         gpus_per_run=gpus,
+        gpus_per_evaluator=check_float(s.get("gpus_per_evaluator", d.gpus_per_evaluator), "distributed.gpus_per_evaluator",
+                                       ge=0, example="`gpus_per_evaluator: 0.25` (or 0, 1)"),
         max_batch=check_int(s.get("max_batch", d.max_batch), "distributed.max_batch", ge=1, example="`max_batch: 4096`"),
         max_in_flight=check_int(s.get("max_in_flight", d.max_in_flight), "distributed.max_in_flight", ge=1,
                            example="`max_in_flight: 2`"),

@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from pipeline import plots
 from pipeline.config import config_hash
+from pipeline.devices import device_report, device_usage
 from pipeline.outputs import fes_table, observables_table, samples_table, write_parquet
 from pipeline.reference_data import cv_bin_edges
 
@@ -128,7 +129,9 @@ def write_samples(ctx, states: np.ndarray, order: np.ndarray | None, energy, cv,
 
 
 def run_summary(ctx, warnings: list[str], **figures) -> dict:
-    """summary.json content: run identity, seed, config hash, warnings and headline figures."""
+    """summary.json content: run identity, seed, config hash, the device (pipeline.devices:
+    device_report and, on a GPU, the peak memory used), warnings and headline figures."""
+    device = {**device_report(ctx.device), **device_usage(ctx.device.device)}
     return {"run": ctx.spec.run_name, "method": ctx.spec.method, "beta": ctx.spec.beta,
             "temperature": ctx.spec.temperature, "seed": ctx.seed,
-            "config_hash": config_hash(ctx.config), "warnings": warnings, **figures}
+            "config_hash": config_hash(ctx.config), "device": device, "warnings": warnings, **figures}

@@ -20,12 +20,16 @@ import torch
 from pipeline.build import build_system, restrict_to_run
 from pipeline.campaign import UNBIASED_REFERENCES, Campaign
 from pipeline.config import Config, RunSpec
+from pipeline.devices import DeviceChoice, choose_device, configure_numerics, device_report, keep_freed_host_memory
 from pipeline.errors import RunFailed
 from pipeline.outputs import atomic_write_text, provenance_metadata, remove_stale_temporaries, write_yaml
 from pipeline.reference_data import ReferenceData, reference_for
 from pipeline.registry import METHODS
 
-__all__ = ["RunServices", "RunContext", "RunResult", "run_campaign", "execute_run", "campaign_reference"]
+__all__ = ["RunServices", "RunContext", "RunResult", "run_campaign", "execute_run", "campaign_reference", "CPU_ONLY"]
+
+CPU_ONLY = DeviceChoice(torch.device("cpu"), "the method runs on the CPU")
+"""The device of methods that train no network (reference chains)."""
 
 
 @dataclass
@@ -62,6 +66,7 @@ class RunContext:
     reference: ReferenceData | None
     services: RunServices = field(default_factory=RunServices)
     initial_sampler_from: Path | None = None   # finished run whose EMA sampler starts this one
+    device: DeviceChoice = CPU_ONLY            # where a trained method's networks run
 
 
 @dataclass
@@ -96,13 +101,23 @@ def campaign_reference(campaign: Campaign, spec: RunSpec, system) -> ReferenceDa
 
 def execute_run(campaign: Campaign, spec: RunSpec, progress: bool = True,
                 services: RunServices | None = None) -> RunResult:
-    """Run one (method, temperature) of the campaign, or return its summary if it finished."""
+    """Run one (method, temperature) of the campaign, or return its summary if it finished.
+
+    A trained method's device is chosen first (pipeline.devices), so a run that cannot have the
+    device it needs fails before it writes anything."""
     config = campaign.config
     run_dir = campaign.root / spec.run_name
     summary_path = run_dir / "summary.json"
+    if summary_path.exists() and spec.run_name not in campaign.extended:
+        return RunResult(spec, run_dir, json.loads(summary_path.read_text()))
+    device = CPU_ONLY
+    if METHODS[spec.method].traits["trained"]:
+        device = choose_device(config.training.device)
+        configure_numerics(device.device, config.training.deterministic)
+        if device.fell_back:
+            print(f"NOTE [{spec.run_name}]: {device.reason}", flush=True)
+    keep_freed_host_memory()
     if summary_path.exists():
-        if spec.run_name not in campaign.extended:
-            return RunResult(spec, run_dir, json.loads(summary_path.read_text()))
         summary_path.unlink()   # continued with a larger budget: unfinished until it ends again
     run_dir.mkdir(parents=True, exist_ok=True)
     for folder in (run_dir, run_dir / "checkpoints"):
@@ -110,10 +125,10 @@ def execute_run(campaign: Campaign, spec: RunSpec, progress: bool = True,
     system = build_system(config)
     seed = campaign.seed_of(spec)
     write_yaml(run_dir / "config.yaml", restrict_to_run(config, spec))
-    metadata = provenance_metadata(config.to_dict(), seed, extra={"run": spec.run_name})
+    metadata = provenance_metadata(config.to_dict(), seed, extra={"run": spec.run_name, **device_report(device)})
     ctx = RunContext(config, spec, system, run_dir, seed, metadata, progress,
                      campaign_reference(campaign, spec, system), services or RunServices(),
-                     _initial_sampler_run(campaign, spec))
+                     _initial_sampler_run(campaign, spec), device)
     summary = METHODS[spec.method].load()(ctx)
     for warning in summary["warnings"]:
         print(f"WARNING [{spec.run_name}]: {warning}", flush=True)

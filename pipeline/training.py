@@ -107,8 +107,9 @@ class CVStratifiedReplayBuffer:
         return low
 
     def draw(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """n samples uniformly with replacement: (x (n,D), log q at generation (n,))."""
-        idx = torch.randint(len(self), (n,), generator=generator)
+        """n samples uniformly with replacement: (x (n,D), log q at generation (n,)).
+        The indices are drawn on the generator's device (the training device)."""
+        idx = torch.randint(len(self), (n,), generator=generator, device=generator.device).cpu()
         return self.x[idx], self.log_q[idx]
 
     def state_dict(self) -> dict:
@@ -152,6 +153,10 @@ class DualLoopTrainer:
     comes from one torch Generator seeded with ``seed`` and saved in checkpoints, so a
     resumed run repeats an uninterrupted one exactly on CPU.
 
+    The generator lives on the sampler's device, so orders, reveal draws and maskings are drawn
+    where they are used; a checkpoint from another device type resumes with a reseeded
+    generator (said on the console), since CPU and CUDA generators have different states.
+
     ``energy_fn`` (x int64 (B, D) → float64 (B,), the system's energy unit) replaces
     ``system.energy`` — the Ray layer passes an energy-evaluator pool here; ``bias`` may be any
     object with the WellTemperedGridBias interface (the Ray layer's bias-server client).
@@ -173,7 +178,8 @@ class DualLoopTrainer:
         self.bias = bias
         self.optimizer = torch.optim.AdamW(sampler.parameters(), lr=settings.learning_rate,
                                            weight_decay=settings.weight_decay)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = int(seed)
+        self.generator = torch.Generator(device=sampler.device).manual_seed(seed)
         self.iteration = 0
         self.gradient_steps = 0
         self.energy_evaluations = 0
@@ -220,8 +226,7 @@ class DualLoopTrainer:
         t = self.gradient_steps
         decay = min(self.settings.ema_decay_max, (1.0 + t) / (10.0 + t))
         with torch.no_grad():
-            for ema_p, p in zip(self.ema_sampler.parameters(), self.sampler.parameters()):
-                ema_p.lerp_(p, 1.0 - decay)
+            torch._foreach_lerp_(list(self.ema_sampler.parameters()), list(self.sampler.parameters()), 1.0 - decay)
 
     def step(self) -> IterationRecord:
         """Run one outer iteration and return its record."""
@@ -274,10 +279,10 @@ class DualLoopTrainer:
             self.replay.add(fresh.x, fresh.log_q, self._cv_strata(cv))
 
         self.sampler.train()
-        loss_total = 0.0
+        loss_total = 0.0   # a float, or a tensor on the device (one synchronisation per iteration)
         for _ in range(s.inner_steps):
             self.optimizer.zero_grad(set_to_none=True)
-            loss_total += self.sampler.loss_backward(train_x, log_w, train_log_q, self.generator)
+            loss_total = loss_total + self.sampler.loss_backward(train_x, log_w, train_log_q, self.generator)
             self.optimizer.step()
             self.gradient_steps += 1
             self._ema_update()
@@ -288,7 +293,7 @@ class DualLoopTrainer:
         record = IterationRecord(
             iteration=self.iteration,
             beta=beta,
-            loss=loss_total / s.inner_steps,
+            loss=float(loss_total) / s.inner_steps,
             ess_fraction=float(fresh_ess_fraction),
             max_bias_kT=float(self.bias.values.max() / kT) if self.bias is not None else 0.0,
             cv_coverage=coverage,
@@ -338,6 +343,16 @@ class DualLoopTrainer:
             "history": [dataclasses.asdict(r) for r in self.history],
         }
 
+    def _restore_generator(self, saved: torch.Tensor) -> None:
+        """Continue the saved random stream; a state saved on another device type (its size
+        differs) cannot be, and the generator is reseeded from the seed and iteration instead."""
+        if saved.numel() == self.generator.get_state().numel():
+            self.generator.set_state(saved)
+            return
+        self.generator.manual_seed(self.seed + 1_000_003 * self.iteration)
+        print(f"NOTE: the checkpoint's random generator was saved on another device type than "
+              f"{self.generator.device}; resumed with a reseeded generator (a new random stream)", flush=True)
+
     def load_state_dict(self, state: dict) -> None:
         if "walkers" in state:
             raise ValueError(f"checkpoint holds {len(state['walkers'])} walkers, this run trains one; "
@@ -349,7 +364,7 @@ class DualLoopTrainer:
         self.sampler.load_state_dict(state["sampler"])
         self.ema_sampler.load_state_dict(state["ema_sampler"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
+        self._restore_generator(state["generator"])
         if (state["bias"] is None) != (self.bias is None):
             raise ValueError("checkpoint and run disagree on whether a bias is used")
         if self.bias is not None:

@@ -26,6 +26,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 
 from pipeline.config import config_from_dict
 from pipeline.build import build_system
+from pipeline.devices import keep_freed_host_memory
 
 MIN_CHUNK = 32
 """Smallest piece a request is split into for parallel evaluation (configurations)."""
@@ -39,7 +40,8 @@ class EnergyEvaluator:
 
     def __init__(self, config_dict: dict, threads: int = 1):
         torch.set_num_threads(threads)
-        self._system = build_system(config_from_dict(config_dict))
+        keep_freed_host_memory()
+        self._system = build_system(config_from_dict(config_dict))  # a CUDA backend needs the GPU Ray gave
 
     def energy(self, x: np.ndarray) -> np.ndarray:
         """x integer (B, D) site states → float64 (B,) energies in the system's energy unit."""
@@ -61,12 +63,12 @@ class EvaluatorPool:
     """Serves ``energy(x)`` requests with ``size`` EnergyEvaluator actors (see module doc)."""
 
     def __init__(self, config_dict: dict, size: int, cpus_per_evaluator: float, max_batch: int,
-                 max_in_flight: int, retry_timeout_s: float = 300.0):
+                 max_in_flight: int, retry_timeout_s: float = 300.0, gpus_per_evaluator: float = 0.0):
         if size < 1:
             raise ValueError(f"size must be >= 1, got {size}")
         threads = max(1, int(cpus_per_evaluator))
-        self._evaluators = [EnergyEvaluator.options(num_cpus=cpus_per_evaluator).remote(config_dict, threads)
-                            for _ in range(size)]
+        self._evaluators = [EnergyEvaluator.options(num_cpus=cpus_per_evaluator, num_gpus=gpus_per_evaluator)
+                            .remote(config_dict, threads) for _ in range(size)]
         self._max_batch = max_batch
         self._retry_timeout_s = retry_timeout_s
         self._in_flight = [0] * size

@@ -19,6 +19,7 @@ import ray
 import torch
 from tqdm.auto import tqdm
 
+from pipeline.build import energy_device
 from pipeline.config import ConfigError, RunSpec
 from pipeline.distributed.bias_server import BiasClient
 from pipeline.distributed.evaluators import EvaluatorPool, PoolEnergy
@@ -40,7 +41,8 @@ class RunActor:
 
     def execute(self, campaign: Campaign, spec: RunSpec, pool, board, threads: int,
                 walker_resources: tuple[float, float]) -> RunResult:
-        """``walker_resources``: (CPUs, GPUs) each walker actor of a multiple-walker run asks for."""
+        """``walker_resources``: (CPUs, GPUs) each walker actor of a multiple-walker run asks for.
+        The run's device follows the GPUs Ray assigned this actor (pipeline.devices)."""
         torch.set_num_threads(threads)
         biases: list[BiasClient] = []
         walkers: list = []
@@ -107,30 +109,88 @@ def _jobs(campaigns: list[Campaign]) -> list[_Job]:
     return jobs
 
 
-def _resources(campaign: Campaign) -> tuple[float, float, float, float]:
-    """(CPUs, GPUs) of one trainer actor, CPUs of a run's walker actors (0 with one walker:
-    the trainer actor trains), and CPUs of the campaign's evaluator pool.  A multiple-walker
-    run's walkers each ask for the trainer's CPUs and GPUs; its trainer actor then only
-    coordinates, yet keeps its request (it samples at the end).  ConfigError if the cluster
-    can never grant a run, its walkers and its pool together."""
+@dataclass(frozen=True)
+class RunResources:
+    """What one run asks Ray for: its trainer actor, and for a multiple-walker run its walker
+    actors (``walkers`` of them, each ``walker_cpus``/``walker_gpus``; the trainer actor then
+    only coordinates and gets no GPU)."""
+
+    cpus: float
+    gpus: float
+    walkers: int = 0
+    walker_cpus: float = 0.0
+    walker_gpus: float = 0.0
+
+    @property
+    def total_cpus(self) -> float:
+        return self.cpus + self.walkers * self.walker_cpus
+
+    @property
+    def total_gpus(self) -> float:
+        return self.gpus + self.walkers * self.walker_gpus
+
+
+def sampler_gpus(config) -> float:
+    """GPUs of one trained sampler (a trainer or walker actor): ``distributed.gpus_per_run``,
+    ``auto`` being one when the cluster has GPUs and ``training.device`` is not cpu."""
+    d, device = config.distributed, config.training.device
+    if d.gpus_per_run == "auto":
+        return 1.0 if device != "cpu" and cluster_gpus() >= 1 else 0.0
+    if device == "cpu" and d.gpus_per_run > 0:
+        raise ConfigError("distributed.gpus_per_run", f"is {d.gpus_per_run:g} but training.device is cpu, so the "
+                                                      "GPUs would sit idle; use gpus_per_run: auto or 0, or "
+                                                      "training.device: auto")
+    return float(d.gpus_per_run)
+
+
+def run_resources(campaign: Campaign, method: str) -> RunResources:
+    """The Ray request of a run of ``method``: GPUs go to trained samplers only — one per
+    trainer actor, or one per walker actor and none to the coordinator — and to a reference
+    run only when its energies run in-process on CUDA (``system.energy.device: cuda`` without
+    evaluators)."""
+    config = campaign.config
+    d, walkers = config.distributed, config.training.walkers
+    if not METHODS[method].traits["trained"]:
+        in_process_cuda = d.evaluators == 0 and (energy_device(config) or "cpu").startswith("cuda")
+        return RunResources(d.cpus_per_run, 1.0 if in_process_cuda else 0.0)
+    gpus = sampler_gpus(config)
+    if config.training.device == "cuda" and gpus == 0:
+        raise ConfigError("distributed.gpus_per_run", f"training.device is cuda but trained runs get no GPU (the "
+                                                      f"Ray cluster has {cluster_gpus():g}); use a cluster with "
+                                                      "GPUs and gpus_per_run: auto or > 0")
+    if walkers > 1:
+        return RunResources(d.cpus_per_run, 0.0, walkers, d.cpus_per_run, gpus)
+    return RunResources(d.cpus_per_run, gpus)
+
+
+def pool_resources(campaign: Campaign) -> tuple[float, float]:
+    """(CPUs, GPUs) of the campaign's evaluator pool (one pool per campaign, shared by its runs)."""
     d = campaign.config.distributed
-    walkers = campaign.config.training.walkers
-    gpus = (1.0 if cluster_gpus() >= 1 else 0.0) if d.gpus_per_run == "auto" else float(d.gpus_per_run)
-    walker_cpus = d.cpus_per_run * walkers if walkers > 1 else 0.0
-    pool_cpus = d.evaluators * d.cpus_per_evaluator
-    needed = d.cpus_per_run + walker_cpus + pool_cpus
-    available = cluster_cpus()
-    if needed > available + 1e-9:
-        raise ConfigError("distributed.cpus_per_run",
-                          f"a run needs {d.cpus_per_run} CPU for its trainer, {walker_cpus:g} for its "
-                          f"{walkers} walker(s) and {d.evaluators} evaluator(s) × {d.cpus_per_evaluator} CPU: "
-                          f"{needed:g} in all, but the Ray cluster has {available:g}; lower "
-                          "distributed.cpus_per_run / cpus_per_evaluator / evaluators or training.walkers")
-    gpus_needed = gpus * (1 + (walkers if walkers > 1 else 0))
-    if gpus_needed > cluster_gpus() + 1e-9:
-        raise ConfigError("distributed.gpus_per_run", f"a run needs {gpus_needed:g} GPU(s) but the Ray cluster "
-                          f"has {cluster_gpus():g}; use gpus_per_run: auto or 0")
-    return d.cpus_per_run, gpus, walker_cpus, pool_cpus
+    if d.evaluators and (energy_device(campaign.config) or "cpu").startswith("cuda") and d.gpus_per_evaluator == 0:
+        raise ConfigError("distributed.gpus_per_evaluator", "is 0 but system.energy.device is cuda: evaluator actors "
+                                                            "need GPUs (e.g. gpus_per_evaluator: 0.5), or use "
+                                                            "distributed.evaluators: 0")
+    return d.evaluators * d.cpus_per_evaluator, d.evaluators * d.gpus_per_evaluator
+
+
+def check_fits(campaign: Campaign) -> None:
+    """ConfigError if the cluster can never grant some run of the campaign with its pool."""
+    d, walkers = campaign.config.distributed, campaign.config.training.walkers
+    pool_cpus, pool_gpus = pool_resources(campaign)
+    for method in dict.fromkeys(spec.method for spec in campaign.runs):
+        need = run_resources(campaign, method)
+        if need.total_cpus + pool_cpus > cluster_cpus() + 1e-9:
+            raise ConfigError("distributed.cpus_per_run",
+                              f"a {method} run needs {need.total_cpus:g} CPU for its trainer and {need.walkers} "
+                              f"walker(s), and {d.evaluators} evaluator(s) × {d.cpus_per_evaluator} CPU: "
+                              f"{need.total_cpus + pool_cpus:g} in all, but the Ray cluster has {cluster_cpus():g}; "
+                              "lower distributed.cpus_per_run / cpus_per_evaluator / evaluators or training.walkers")
+        if need.total_gpus + pool_gpus > cluster_gpus() + 1e-9:
+            key = "distributed.gpus_per_run" if need.total_gpus else "distributed.gpus_per_evaluator"
+            raise ConfigError(key, f"a {method} run needs {need.total_gpus:g} GPU(s) "
+                                   f"({max(walkers, 1)} sampler(s) × {need.gpus + need.walker_gpus:g}) and its "
+                                   f"evaluators {pool_gpus:g}, but the Ray cluster has {cluster_gpus():g}; use "
+                                   "fractional GPUs (gpus_per_run: 0.5), fewer training.walkers or more GPUs")
 
 
 def start_evaluator_pool(campaign: Campaign):
@@ -139,7 +199,7 @@ def start_evaluator_pool(campaign: Campaign):
     if d.evaluators == 0:
         return None
     return EvaluatorPool.remote(campaign.config.to_dict(), d.evaluators, d.cpus_per_evaluator, d.max_batch,
-                                d.max_in_flight)
+                                d.max_in_flight, gpus_per_evaluator=d.gpus_per_evaluator)
 
 
 def run_campaign_on_ray(campaign: Campaign, progress: bool = True, pool=None) -> list[RunResult]:
@@ -166,12 +226,15 @@ def run_campaigns_on_ray(campaigns: list[Campaign], progress: bool = True,
 
 class _Scheduler:
     """State of one run_campaigns_on_ray call: waiting jobs, running and idle trainer actors,
-    live pools and the CPUs they hold (Ray would queue actors it cannot place; counting here
-    keeps a run from waiting forever for its own pool)."""
+    live pools and the CPUs and GPUs they hold (Ray would queue actors it cannot place;
+    counting here keeps a run from waiting forever for its own pool or walkers).  Idle actors
+    are reused by runs of the same shape and killed when a launch needs what they hold."""
 
     def __init__(self, campaigns: list[Campaign], progress: bool, given_pools: dict[str, object]):
         self.campaigns = campaigns
-        self.needs = {str(c.root): _resources(c) for c in campaigns}
+        for campaign in campaigns:
+            check_fits(campaign)
+        self.pool_needs = {str(c.root): pool_resources(c) for c in campaigns}
         self.given_pools = given_pools
         self.live_pools: dict[str, object] = {}
         self.waiting = {job.key: job for job in _jobs(campaigns)}
@@ -180,7 +243,7 @@ class _Scheduler:
         self.idle: list[tuple[tuple[float, float], object]] = []   # ((cpus, gpus), actor)
         self.results: dict[str, RunResult] = {}
         self.failure: BaseException | None = None
-        self.free_cpus = cluster_cpus()
+        self.free = [cluster_cpus(), cluster_gpus()]
         self.board = ProgressBoard.remote()
         self.training_bars = ProgressBars(enabled=progress)
         self.bar = tqdm(total=len(self.waiting), desc="runs", disable=not progress, dynamic_ncols=True, position=0)
@@ -212,29 +275,39 @@ class _Scheduler:
             raise RuntimeError(f"runs {sorted(self.waiting)} could not start: runs they depend on did not finish")
         return [[self.results[str(c.root / spec.run_name)] for spec in c.runs] for c in self.campaigns]
 
+    def _fits(self, cost: tuple[float, float]) -> bool:
+        return all(c <= f + 1e-9 for c, f in zip(cost, self.free))
+
+    def _take(self, amount: tuple[float, float], sign: float = -1.0) -> None:
+        self.free = [f + sign * a for f, a in zip(self.free, amount)]
+
     def _try_launch(self, job: _Job) -> None:
         root = str(job.campaign.root)
-        cpus, gpus, walker_cpus, pool_cpus = self.needs[root]
-        starts_pool = root not in self.live_pools and root not in self.given_pools and pool_cpus > 0
-        actor = next((a for shape, a in self.idle if shape == (cpus, gpus)), None)
-        cost = (pool_cpus if starts_pool else 0.0) + (0.0 if actor is not None else cpus) + walker_cpus
-        while cost > self.free_cpus + 1e-9 and any(a is not actor for _, a in self.idle):
-            (shape, spare) = next((shape, a) for shape, a in self.idle if a is not actor)
-            self.idle.remove((shape, spare))
+        need = run_resources(job.campaign, job.spec.method)
+        shape = (need.cpus, need.gpus)
+        pool_cpus, pool_gpus = self.pool_needs[root]
+        starts_pool = root not in self.live_pools and root not in self.given_pools and (pool_cpus or pool_gpus) > 0
+        actor = next((a for s, a in self.idle if s == shape), None)
+        cost = (need.total_cpus - (need.cpus if actor is not None else 0.0) + (pool_cpus if starts_pool else 0.0),
+                need.total_gpus - (need.gpus if actor is not None else 0.0) + (pool_gpus if starts_pool else 0.0))
+        while not self._fits(cost) and any(a is not actor for _, a in self.idle):
+            spare_shape, spare = next((s, a) for s, a in self.idle if a is not actor)
+            self.idle.remove((spare_shape, spare))
             ray.kill(spare)
-            self.free_cpus += shape[0]
-        if self.running and cost > self.free_cpus + 1e-9:
+            self._take(spare_shape, +1.0)
+        if self.running and not self._fits(cost):
             return  # wait for a run to end
         if actor is None:
-            actor = RunActor.options(num_cpus=cpus, num_gpus=gpus).remote()
+            actor = RunActor.options(num_cpus=need.cpus, num_gpus=need.gpus).remote()
         else:
-            self.idle.remove(((cpus, gpus), actor))
+            self.idle.remove((shape, actor))
         if starts_pool:
             self.live_pools[root] = start_evaluator_pool(job.campaign)
-        self.free_cpus -= cost
+        self._take(cost)
         pool = self.given_pools.get(root, self.live_pools.get(root))
-        threads = job.campaign.config.training.threads or max(1, int(cpus))
-        ref = actor.execute.remote(job.campaign, job.spec, pool, self.board, threads, (cpus, gpus))
+        threads = job.campaign.config.training.threads or max(1, int(need.cpus))
+        ref = actor.execute.remote(job.campaign, job.spec, pool, self.board, threads,
+                                   (need.walker_cpus, need.walker_gpus))
         self.running[ref] = (job, actor, time.perf_counter())
         del self.waiting[job.key]
         self.bar.write(f"== {_label(job)} started")
@@ -242,22 +315,22 @@ class _Scheduler:
     def _collect(self, ref: ray.ObjectRef) -> None:
         job, actor, start = self.running.pop(ref)
         root = str(job.campaign.root)
-        cpus, gpus, walker_cpus, pool_cpus = self.needs[root]
-        self.free_cpus += walker_cpus
+        need = run_resources(job.campaign, job.spec.method)
+        self._take((need.total_cpus - need.cpus, need.total_gpus - need.gpus), +1.0)   # its walkers are gone
         try:
             self.results[job.key] = ray.get(ref)
             self.bar.write(f"== {_label(job)} finished in {time.perf_counter() - start:.1f} s "
                            f"on node {self.results[job.key].node[:8]}")
-            self.idle.append(((cpus, gpus), actor))
+            self.idle.append(((need.cpus, need.gpus), actor))
         except Exception as error:  # noqa: BLE001 - re-raised once running runs have ended
             self.failure = self.failure or error
             self.bar.write(f"== {_label(job)} FAILED: {error}")
             ray.kill(actor)
-            self.free_cpus += cpus
+            self._take((need.cpus, need.gpus), +1.0)
         self.remaining[root] -= 1
         if self.remaining[root] == 0 and root in self.live_pools:
             _stop_pool(self.live_pools.pop(root))
-            self.free_cpus += pool_cpus
+            self._take(self.pool_needs[root], +1.0)
         self.bar.update(1)
 
 

@@ -9,26 +9,34 @@ from contextlib import contextmanager
 import ray
 
 
+HIDE_GPUS_FROM_ZERO_GPU_ACTORS = {"RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1"}
+"""Since Ray 2.5x an actor that asked for no GPU sees every GPU of its node (CUDA_VISIBLE_DEVICES
+is left alone); with this variable Ray sets it to "" for such actors, as it used to."""
+
+
 @contextmanager
-def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[None]:
+def ray_session(address: str | None = None, num_cpus: int | None = None,
+                num_gpus: int | None = None) -> Iterator[None]:
     """Use Ray for the duration of the block.
 
     An already initialised Ray (e.g. a test's, or a Tune trial's) is used as is and left
     running.  Otherwise ``address`` (or ``RAY_ADDRESS``) joins an existing cluster — its
     token authentication applies — and with neither a local instance is started with the
     dashboard off and every service bound to 127.0.0.1; it is shut down at the end.
-    ``num_cpus`` (local instance only): CPUs Ray may schedule, default all cores.
+    ``num_cpus`` / ``num_gpus`` (local instance only): CPUs and GPUs Ray may schedule, default
+    what the machine has.  Actors that ask for no GPU see none (HIDE_GPUS_FROM_ZERO_GPU_ACTORS).
     """
     if ray.is_initialized():
         yield
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": HIDE_GPUS_FROM_ZERO_GPU_ACTORS})
     else:
+        os.environ.update(HIDE_GPUS_FROM_ZERO_GPU_ACTORS)   # inherited by the local raylet and its workers
         # address="local": always a new instance, never a cluster some `ray start` left behind
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-                 log_to_driver=True)
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+                 _node_ip_address="127.0.0.1", log_to_driver=True)
     try:
         yield
     finally:

@@ -14,6 +14,7 @@ import torch
 from pipeline.distributed.evaluators import PoolEnergy
 from pipeline.config import Config, RunSpec
 from pipeline.build import build_system, build_walker
+from pipeline.devices import choose_device, configure_numerics, keep_freed_host_memory
 from pipeline.runner import RunContext
 
 
@@ -23,9 +24,12 @@ class WalkerActor:
 
     def __init__(self, config: Config, spec: RunSpec, run_seed: int, index: int, pool, threads: int):
         torch.set_num_threads(threads)
+        keep_freed_host_memory()
+        device = choose_device(config.training.device).device   # the GPU Ray assigned, or the CPU
+        configure_numerics(device, config.training.deterministic)
         system = build_system(config)  # built here: energy backends may not pickle
         energy_fn = PoolEnergy(pool) if pool is not None else system.energy
-        self._trainer = build_walker(config, spec, system, run_seed, index, energy_fn)
+        self._trainer = build_walker(config, spec, system, run_seed, index, energy_fn, device)
 
     def draw(self):
         return self._trainer.draw()

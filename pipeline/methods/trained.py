@@ -22,6 +22,7 @@ from pipeline import estimators as est
 from pipeline import plots
 from pipeline.build import build_bias, build_trainer, build_walker, walker_seed
 from pipeline.callbacks import Checkpoint, EveryIteration, FesRmseHistory
+from pipeline.devices import device_usage
 from pipeline.reference_data import cv_bin_edges, histogram_inputs
 from pipeline.registry import METHODS, WEIGHTINGS
 from pipeline.run_outputs import cost_rows, observable_row, run_summary, write_run_outputs, write_samples
@@ -66,12 +67,13 @@ def make_trainer(ctx, energy_fn):
     t = config.training
     method = METHODS[spec.method]
     bias = _run_bias(ctx, t.batch_size) if method.traits["bias"] else None
+    device = ctx.device.device
     if t.walkers == 1:
-        return build_trainer(config, spec, system, ctx.seed, energy_fn, bias)
+        return build_trainer(config, spec, system, ctx.seed, energy_fn, bias, device)
     if ctx.services.make_walkers is not None:
-        walkers, call = ctx.services.make_walkers(ctx)
+        walkers, call = ctx.services.make_walkers(ctx)   # each walker actor takes the device Ray gave it
     else:
-        walkers = [build_walker(config, spec, system, ctx.seed, w, energy_fn) for w in range(t.walkers)]
+        walkers = [build_walker(config, spec, system, ctx.seed, w, energy_fn, device) for w in range(t.walkers)]
         call = call_in_order
     return MultiWalkerTrainer(walkers, bias, spec.beta, t, method.traits["warmstart"], system.cv_spec, call)
 
@@ -144,6 +146,7 @@ def _estimate_and_write(ctx, trainer, batch, energy_fn, generation_s: float, wit
     scan = _delta_mu_scan(ctx, observables, log_w_lik, x, cv, hist_values, hist_edges)
     rows += scan["rows"]
 
+    ctx.metadata.update(device_usage(ctx.device.device))
     write_run_outputs(ctx, rows, histograms, fes_samples, fes_bias, bias, scan["fes"])
     order = batch.order.to(torch.int16).numpy() if batch.order is not None else None
     write_samples(ctx, x.to(torch.int8).numpy(), order, energy, cv, log_q, weightings["bias"], log_w_lik)

@@ -11,8 +11,9 @@ A sampler family is a ``torch.nn.Module`` over configurations x ∈ {0..q−1}^D
 * ``log_prob(x, order, batch_size=None)``: float64 (n,), equal to the ``log_q`` that
   ``sample`` returned for the same (x, order) (``order`` is ignored, and may be None, for
   families with an exact q(x));
-* ``loss_backward(x, log_weights, log_q, generator) -> float``: one training step's loss
-  for the training target, its gradient accumulated into ``.grad``;
+* ``loss_backward(x, log_weights, log_q, generator) -> float | Tensor``: one training
+  step's loss for the training target, its gradient accumulated into ``.grad``; a 0-dim
+  tensor may stay on the device (the trainer converts the iteration's sum once);
 * ``state_dict`` / ``load_state_dict`` (torch's), ``n_sites``, ``n_states`` and ``device``.
 
 ``loss_backward`` receives ``log_weights`` = log π̃(x) − log q_gen(x) (float64 (B,),
@@ -79,7 +80,7 @@ class Sampler(Protocol):
                  batch_size: int | None = None) -> torch.Tensor: ...
 
     def loss_backward(self, x: torch.Tensor, log_weights: torch.Tensor, log_q: torch.Tensor,
-                      generator: torch.Generator) -> float: ...
+                      generator: torch.Generator) -> float | torch.Tensor: ...
 
     def state_dict(self) -> dict: ...
 

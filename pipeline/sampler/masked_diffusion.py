@@ -27,6 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from pipeline.config import WDCE_PRECISIONS
 from pipeline.estimators import normalized_weights
 from pipeline.sampler.base import SampleBatch, check_batch_size, check_count, check_generator, check_states
 from pipeline.sampler.denoisers import build_denoiser
@@ -99,13 +100,14 @@ class MaskedDiffusionSampler(nn.Module):
         schedule: "uniform" (groups of k) or "cosine" (⌈D/k⌉ steps, few sites first; much
             better for k > 1 in ordered phases, see ``group_sizes``).
         n_maskings: R random maskings per sample in the WDCE loss (``loss_backward``).
+        wdce_precision: "float32", or "bf16" for the WDCE step under bfloat16 autocast.
     Runs on the device and dtype of the denoiser's parameters; all randomness comes from
     the ``torch.Generator`` passed in (draws happen on the generator's device).
     Implements the sampler protocol (pipeline.sampler.base).
     """
 
     def __init__(self, denoiser: nn.Module, n_sites: int, n_states: int, sites_per_step=1,
-                 schedule: str = "uniform", n_maskings: int = 16):
+                 schedule: str = "uniform", n_maskings: int = 16, wdce_precision: str = "float32"):
         super().__init__()
         if not isinstance(denoiser, nn.Module):
             raise ValueError(f"denoiser must be an nn.Module (e.g. from build_denoiser), got {type(denoiser).__name__}")
@@ -128,6 +130,9 @@ class MaskedDiffusionSampler(nn.Module):
         if isinstance(n_maskings, bool) or not isinstance(n_maskings, numbers.Integral) or n_maskings < 1:
             raise ValueError(f"n_maskings must be a positive integer, got {n_maskings!r}")
         self.n_maskings = int(n_maskings)
+        if wdce_precision not in WDCE_PRECISIONS:
+            raise ValueError(f"wdce_precision must be one of {WDCE_PRECISIONS}, got {wdce_precision!r}")
+        self.wdce_precision = wdce_precision
 
     @property
     def device(self) -> torch.device:
@@ -213,13 +218,17 @@ class MaskedDiffusionSampler(nn.Module):
         return torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.float64, device=device)
 
     def loss_backward(self, x: torch.Tensor, log_weights: torch.Tensor, log_q: torch.Tensor,
-                      generator: torch.Generator) -> float:
+                      generator: torch.Generator) -> torch.Tensor:
         """One WDCE step (weighted denoising cross-entropy, docs/method.md §5): accumulate the
         gradient of L(θ) = Σ_i w̄_i · E_masks[−log p_θ(x_i | masked x_i)] into ``.grad`` and
-        return L.  w̄ = softmax(log_weights) (float64, cast to float32); ``log_q`` is not
-        needed: WDCE is a self-normalised importance-weighted forward KL."""
+        return L (a float64 0-dim tensor on the sampler's device).  w̄ = softmax(log_weights)
+        (float64, cast to float32); ``log_q`` is not needed: WDCE is a self-normalised
+        importance-weighted forward KL.  With ``wdce_precision="bf16"`` the step runs under
+        bfloat16 autocast."""
         weights = torch.from_numpy(normalized_weights(log_weights.numpy())).to(torch.float32)
-        return wdce_backward(self.denoiser, x, weights, self.n_maskings, generator, self.n_states)
+        autocast = torch.bfloat16 if self.wdce_precision == "bf16" else None
+        return wdce_backward(self.denoiser, x, weights, self.n_maskings, generator, self.n_states,
+                             autocast_dtype=autocast)
 
     # ------------------------------------------------------------------ internals
     def _generate(self, order: torch.Tensor, generator: torch.Generator, batch_size) -> SampleBatch:
@@ -235,28 +244,39 @@ class MaskedDiffusionSampler(nn.Module):
         return SampleBatch(x=torch.cat(xs), order=order, log_q=torch.cat(log_qs))
 
     def _generate_chunk(self, order: torch.Tensor, generator: torch.Generator):
-        n = order.shape[0]
         tokens = torch.full_like(order, self.mask_token)
-        log_q = torch.zeros(n, dtype=torch.float64, device=order.device)
-        for step in range(int(order.max()) + 1):  # the only loop: over reveal steps
-            rows, cols = (order == step).nonzero(as_tuple=True)
-            log_probs = self._log_probs(tokens)[rows, cols]            # (N_step, q)
-            drawn = self._categorical(log_probs, generator)            # (N_step,)
-            tokens[rows, cols] = drawn
-            chosen = log_probs.gather(1, drawn[:, None]).squeeze(1).to(torch.float64)
-            log_q.index_add_(0, rows, chosen)
+        log_q = torch.zeros(order.shape[0], dtype=torch.float64, device=order.device)
+        for rows, positions, bounds in _reveal_slices(order):  # one group unless rows differ in group sizes
+            group_tokens = tokens[rows]
+            group_log_q = torch.zeros(positions.shape[0], dtype=torch.float64, device=order.device)
+            for start, stop in zip(bounds[:-1], bounds[1:]):  # the only loop: over reveal steps
+                sites = positions[:, start:stop]                                 # (n_rows, k_t)
+                log_probs = self._site_log_probs(group_tokens, sites)            # (n_rows, k_t, q)
+                drawn = self._categorical(log_probs.reshape(-1, self.n_states), generator).view(sites.shape)
+                group_tokens.scatter_(1, sites, drawn)
+                group_log_q += log_probs.gather(2, drawn[:, :, None]).squeeze(2).to(torch.float64).sum(dim=1)
+            tokens[rows], log_q[rows] = group_tokens, group_log_q
         return tokens, log_q
 
     def _score_chunk(self, x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        log_q = torch.zeros(n, dtype=torch.float64, device=x.device)
-        for step in range(int(order.max()) + 1):  # the only loop: over reveal steps
-            context = torch.where(order < step, x, torch.full_like(x, self.mask_token))
-            rows, cols = (order == step).nonzero(as_tuple=True)
-            log_probs = self._log_probs(context)[rows, cols]           # (N_step, q)
-            chosen = log_probs.gather(1, x[rows, cols][:, None]).squeeze(1).to(torch.float64)
-            log_q.index_add_(0, rows, chosen)
+        log_q = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+        for rows, positions, bounds in _reveal_slices(order):
+            states = x[rows]
+            context = torch.full_like(states, self.mask_token)
+            group_log_q = torch.zeros(states.shape[0], dtype=torch.float64, device=x.device)
+            for start, stop in zip(bounds[:-1], bounds[1:]):  # the only loop: over reveal steps
+                sites = positions[:, start:stop]
+                revealed = states.gather(1, sites)
+                log_probs = self._site_log_probs(context, sites)
+                group_log_q += log_probs.gather(2, revealed[:, :, None]).squeeze(2).to(torch.float64).sum(dim=1)
+                context.scatter_(1, sites, revealed)
+            log_q[rows] = group_log_q
         return log_q
+
+    def _site_log_probs(self, tokens: torch.Tensor, sites: torch.Tensor) -> torch.Tensor:
+        """The denoiser's log-probabilities at ``sites`` (n, k) of each row: (n, k, q)."""
+        log_probs = self._log_probs(tokens)
+        return log_probs.gather(1, sites[:, :, None].expand(-1, -1, self.n_states))
 
     def _log_probs(self, tokens: torch.Tensor) -> torch.Tensor:
         log_probs = self.denoiser(tokens)
@@ -312,6 +332,35 @@ class MaskedDiffusionSampler(nn.Module):
         return order.to(torch.int64)
 
 
+def _reveal_slices(order: torch.Tensor):
+    """The reveal steps of ``order`` (n, D) as fixed slices, without a per-step ``nonzero``.
+
+    Yields ``(rows, positions, bounds)``: ``positions`` (n_rows, D) lists each row's sites by
+    step, in ascending site index within a step (a stable argsort of the order), so step t
+    reveals ``positions[:, bounds[t]:bounds[t+1]]`` — the same number of sites in every row and
+    the same sites, in the same order, as ``(order == t).nonzero()``.  Orders drawn by
+    ``random_order`` share their group sizes, so there is one group (``rows`` = all rows, a
+    slice); rows with different group sizes (orders given by a caller) come in one group per
+    distinct set of sizes (``rows`` an index tensor).
+    """
+    positions = order.argsort(dim=1, stable=True)
+    steps_by_position = order.gather(1, positions)
+    if bool((steps_by_position == steps_by_position[:1]).all()):
+        groups = [(slice(None), positions, steps_by_position[0])]
+    else:
+        profiles, inverse = torch.unique(steps_by_position, dim=0, return_inverse=True)
+        groups = []
+        for index, profile in enumerate(profiles):  # loop over distinct group sizes, not samples
+            rows = (inverse == index).nonzero().squeeze(1)
+            groups.append((rows, positions[rows], profile))
+    for rows, group_positions, steps in groups:
+        counts = torch.bincount(steps).tolist()
+        bounds = [0]
+        for count in counts:
+            bounds.append(bounds[-1] + count)
+        yield rows, group_positions, bounds
+
+
 def from_options(system, options: dict, training) -> MaskedDiffusionSampler:
     """The ``masked_diffusion`` family's factory (pipeline/registry.py): the denoiser of
     ``options["denoiser"]`` sized by ``hidden``/``layers`` (``heads`` for the transformer),
@@ -321,4 +370,5 @@ def from_options(system, options: dict, training) -> MaskedDiffusionSampler:
         sizes["heads"] = options["heads"]
     denoiser = build_denoiser(options["denoiser"], system, **sizes)
     return MaskedDiffusionSampler(denoiser, system.n_sites, system.n_states, sites_per_step=options["sites_per_step"],
-                                  schedule=options["schedule"], n_maskings=training.maskings)
+                                  schedule=options["schedule"], n_maskings=training.maskings,
+                                  wdce_precision=training.wdce_precision)

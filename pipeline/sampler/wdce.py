@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 from typing import NamedTuple
 
@@ -49,7 +50,8 @@ def wdce_loss(denoiser: nn.Module, x: torch.Tensor, weights: torch.Tensor, n_mas
 
 
 def wdce_backward(denoiser: nn.Module, x: torch.Tensor, weights: torch.Tensor, n_maskings: int,
-                  generator: torch.Generator, n_states: int, rows_per_call: int | None = None) -> float:
+                  generator: torch.Generator, n_states: int, rows_per_call: int | None = None,
+                  autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Accumulate ∇L of :func:`wdce_loss` into ``.grad`` in chunks of samples; return L.
 
     Same loss, same random draws (all maskings are drawn up front, in the same order), so the
@@ -59,8 +61,12 @@ def wdce_backward(denoiser: nn.Module, x: torch.Tensor, weights: torch.Tensor, n
     dominated by page faults (measured 4× slower than 2^14-row chunks on the 2-core machine).
 
     Args: as :func:`wdce_loss`; ``rows_per_call`` None → the denoiser's ``cpu_rows_per_call``
-    (2^14 if absent) on CPU, 2^21 on accelerators.  Does not zero existing gradients.
-    Returns: the loss value (Python float).
+    (2^14 if absent) on CPU, 2^21 on accelerators; ``autocast_dtype`` (e.g. torch.bfloat16):
+    run the forward and backward under autocast in that dtype (training only: the loss is a
+    stochastic objective, while generation and log q must stay float32).  Does not zero
+    existing gradients.
+    Returns: the loss value, a detached float64 0-dim tensor on the denoiser's device (summed
+    there, so a GPU is not synchronised once per chunk; callers convert it when they report).
     """
     _validate(denoiser, x, weights, n_maskings, generator, n_states)
     n_samples, n_sites = x.shape
@@ -69,12 +75,16 @@ def wdce_backward(denoiser: nn.Module, x: torch.Tensor, weights: torch.Tensor, n
         on_cpu = draws.targets.device.type == "cpu"
         rows_per_call = int(getattr(denoiser, "cpu_rows_per_call", 1 << 14)) if on_cpu else 1 << 21
     samples_per_call = max(1, int(rows_per_call) // (n_maskings * n_sites))
-    weights64 = weights.detach().to(torch.float64)
-    total = 0.0
+    device = draws.targets.device
+    weights64 = weights.detach().to(device=device, dtype=torch.float64)
+    autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                else contextlib.nullcontext())
+    total = torch.zeros((), dtype=torch.float64, device=device)
     for first in range(0, n_samples, samples_per_call):
-        part = _weighted_nll_sum(denoiser, draws, weights64, slice(first, first + samples_per_call))
+        with autocast:
+            part = _weighted_nll_sum(denoiser, draws, weights64, slice(first, first + samples_per_call))
         part.backward()
-        total += float(part.detach())
+        total += part.detach().to(torch.float64)
     return total
 
 

@@ -189,6 +189,21 @@ def test_dry_run_defaults_whole_nodes_and_the_running_environment(tmp_path):
     assert subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True).returncode == 0
 
 
+def test_dry_run_of_a_cuda_config_needs_no_gpu_here(tmp_path):
+    """Validation for the job's nodes never builds the run on this machine's device: a CUDA
+    trainer and a CUDA cluster-expansion backend both pass on a GPU-less login node."""
+    raw = {**TINY, "methods": ["mdns", "metropolis"], "system": {"name": "alloy", "size": [2, 2, 2], "temperature": [600],
+                              "energy": {"name": "cluster_expansion", "model": "cuau_paper", "device": "cuda"}}}
+    config = write_config(tmp_path, "cuda", raw)
+    code, script, stderr = run_cli("submit", config, "--out", tmp_path / "runs", "--gpus-per-node", 1,
+                                   "--set", "training.device=cuda", "--dry-run")
+    assert code == 0, stderr
+    assert "metadns run" in script
+    code, _, stderr = run_cli("run", config, "--out", tmp_path / "runs", "--set", "training.device=cuda")
+    if not torch.cuda.is_available():
+        assert code == 2 and "training.device" in stderr and not (tmp_path / "runs" / "cuda").exists()
+
+
 @pytest.mark.parametrize("options, option_named", [
     (["--time", "soon"], "--time"),
     (["--nodes", 0], "--nodes"),

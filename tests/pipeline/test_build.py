@@ -8,8 +8,7 @@ import dataclasses
 import pytest
 
 from pipeline import build
-from pipeline.build import (build_system, check_buildable, derive_seed, restrict_to_run, training_device,
-                            walker_seed)
+from pipeline.build import build_system, check_buildable, derive_seed, restrict_to_run, walker_seed
 from pipeline.config import ConfigError, config_from_dict, expand_runs
 from systems.parameters import ParameterError
 
@@ -34,7 +33,7 @@ def test_a_cuda_config_builds_without_the_device_but_the_device_is_refused_witho
     config = config_from_dict({**ISING, "training": {**ISING["training"], "device": "cuda"}})
     check_buildable(config, check_device=False)
     with pytest.raises(ConfigError) as error:
-        training_device(config)
+        check_buildable(config)
     assert error.value.field == "training.device"
 
 
