@@ -66,8 +66,9 @@ class _MessagePassingBlock(nn.Module):
             neighbour_sum.add_(h.index_select(0, neighbours[:, j]))
         flat = h.reshape(n_sites * batch, hidden)
         pre = torch.addmm(self.self_linear.bias, flat, self.self_linear.weight.t())
-        pre.addmm_(neighbour_sum.reshape(n_sites * batch, hidden), self.neighbour_linear.weight.t(),
-                   alpha=1.0 / coordination)
+        # In-place addmm_ is not autocast: under bf16 autocast ``pre`` is bf16, so match it (no-op in float32).
+        pre.addmm_(neighbour_sum.reshape(n_sites * batch, hidden).to(pre.dtype),
+                   self.neighbour_linear.weight.t().to(pre.dtype), alpha=1.0 / coordination)
         # Global summary (B, H): lets every site see e.g. the magnetisation of the revealed context.
         pre = pre.view(n_sites, batch, hidden).add_(self.global_linear(h.mean(dim=0)))
         activation = F.silu(pre, inplace=not torch.is_grad_enabled())

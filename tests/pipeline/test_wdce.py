@@ -145,3 +145,29 @@ def test_chunked_backward_equals_one_pass_gradient(rows_per_call):
     assert value == pytest.approx(float(loss), rel=1e-12)
     for (name, a), b in zip(one_pass.named_parameters(), chunked.parameters()):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-10, atol=1e-13, msg=name)
+
+
+@pytest.mark.parametrize("kind", ["lattice", "transformer"])
+def test_bf16_autocast_step_matches_the_float32_step_to_bf16_accuracy(kind):
+    """``training.wdce_precision: bf16`` (the WDCE step under bfloat16 autocast) runs for both
+    denoisers and gives the float32 loss and gradient to bf16 accuracy (3 significant digits)."""
+    from pipeline.sampler import build_denoiser
+
+    class Square:   # the geometry a denoiser needs
+        n_sites, n_states, neighbours = 9, 2, square_neighbours(3)
+        coordinates = torch.stack([torch.arange(9) // 3, torch.arange(9) % 3], dim=1).to(torch.float64)
+
+    sizes = {"hidden": 16, "layers": 2, **({"heads": 2} if kind == "transformer" else {})}
+    torch.manual_seed(0)
+    reference = build_denoiser(kind, Square, **sizes)
+    autocast = build_denoiser(kind, Square, **sizes)
+    autocast.load_state_dict(reference.state_dict())
+    x = all_states(2, 9)[::5]
+    weights = torch.full((x.shape[0],), 1.0 / x.shape[0])
+    exact = wdce_backward(reference, x, weights, 4, torch.Generator().manual_seed(1), 2)
+    low = wdce_backward(autocast, x, weights, 4, torch.Generator().manual_seed(1), 2, autocast_dtype=torch.bfloat16)
+    assert float(low) == pytest.approx(float(exact), rel=2e-2)
+    for (name, a), b in zip(reference.named_parameters(), autocast.parameters()):
+        assert b.grad.dtype == torch.float32 and bool(torch.isfinite(b.grad).all()), name
+        scale = float(a.grad.abs().max()) + 1e-12
+        assert float((b.grad - a.grad).abs().max()) <= 0.05 * scale, name

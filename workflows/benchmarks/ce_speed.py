@@ -100,6 +100,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=1.0, help="minimum timed seconds per measurement")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16, 128, 1024, 4096])
     parser.add_argument("--n-baseline", type=int, default=64, help="structures per baseline timing call")
+    parser.add_argument("--device", default="cpu", help="device of the batched evaluator (cpu, cuda)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"threads: torch {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}; "
@@ -108,7 +109,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     for cell_name, supercell in CELLS.items():
         n_sites = len(supercell)
-        backend = ClusterExpansionBackend(PAPER_CUAU_CE, supercell, species=SPECIES)
+        backend = ClusterExpansionBackend(PAPER_CUAU_CE, supercell, species=SPECIES, device=args.device)
         calculator = icet_calculator(ce, supercell)
         clease = CleaseStyleEvaluator(ce, supercell)
         configs = (rng.random((max(args.batch_sizes + [args.n_baseline]), n_sites)) < rng.random((1, 1))).astype(np.int64)
@@ -128,13 +129,15 @@ def main() -> None:
         print(f"  icet ClusterExpansionCalculator.calculate_total, per structure: {icet_rate:10.0f} configs/s")
         print(f"  CLEASE-style, loop over orbits (numpy), per structure:         {clease_rate:10.0f} configs/s")
         print(f"  CLEASE-style, loop over clusters (Python), per structure:      {loop_rate:10.0f} configs/s")
-        for batch in args.batch_sizes:
-            batch_rate = rate(lambda: backend.energy(x[:batch]), batch, args.seconds)
-            print(f"  batched torch energy, batch {batch:5d}: {batch_rate:10.0f} configs/s = {batch_rate / icet_rate:6.1f}x icet, "
+        on_device = x.to(args.device)
+        for batch in args.batch_sizes:   # .cpu() waits for the device, so GPU timings are complete
+            batch_rate = rate(lambda: backend.energy(on_device[:batch]).cpu(), batch, args.seconds)
+            print(f"  batched torch energy on {args.device}, batch {batch:5d}: {batch_rate:10.0f} configs/s = {batch_rate / icet_rate:6.1f}x icet, "
                   f"{batch_rate / clease_rate:6.1f}x orbit loop, {batch_rate / loop_rate:7.0f}x cluster loop")
-        flips = torch.from_numpy(rng.integers(n_sites, size=1024))
-        new_states = 1 - x[torch.arange(1024), flips]
-        flip_rate = rate(lambda: backend.energy_change(x[:1024], flips, new_states), 1024, args.seconds)
+        flips = torch.from_numpy(rng.integers(n_sites, size=1024)).to(args.device)
+        new_states = 1 - on_device[torch.arange(1024, device=args.device), flips]
+        flip_rate = rate(lambda: backend.energy_change(on_device[:1024], flips, new_states).cpu(), 1024,
+                         args.seconds)
         print(f"  batched energy_change (single flips), batch 1024: {flip_rate:12.0f} moves/s")
 
 

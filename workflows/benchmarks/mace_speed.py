@@ -61,6 +61,7 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="device of the model, for both (cpu, cuda)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -69,7 +70,7 @@ def main(argv=None) -> None:
     supercell = bulk(SPECIES[0], "fcc", a=LATTICE_CONSTANT).repeat(args.size)
     x = random_occupations(max(args.configs, args.baseline_configs), len(supercell), args.seed)
 
-    calculator = MACECalculator(model_paths=args.model, device="cpu", default_dtype="float64")
+    calculator = MACECalculator(model_paths=args.model, device=args.device, default_dtype="float64")
     baseline_x = x[:args.baseline_configs]
     scales = vegard_scale(baseline_x, LATTICE_CONSTANT, vegard).tolist()
 
@@ -84,14 +85,15 @@ def main(argv=None) -> None:
     reference = per_structure()  # warm-up and reference energies
     baseline_rate = len(baseline_x) / best_of(args.repeats, per_structure)
 
-    print(f"MACE speed: {len(supercell)}-site cell, model {os.path.basename(args.model)}, float64, "
+    print(f"MACE speed on {args.device}: {len(supercell)}-site cell, model {os.path.basename(args.model)}, float64, "
           f"{args.threads} thread(s), {platform.processor() or platform.machine()}, "
           f"load average {os.getloadavg()[0]:.2f}")
     print(f"per-structure MACECalculator ({len(baseline_x)} configurations): {baseline_rate:8.1f} configurations/s")
     default = MACEBackend(args.model, supercell, SPECIES, LATTICE_CONSTANT, vegard).configurations_per_call
     print(f"(the backend's default batch_size for this cell is {default})")
     for batch_size in args.batch_sizes:
-        backend = MACEBackend(args.model, supercell, SPECIES, LATTICE_CONSTANT, vegard, batch_size=batch_size)
+        backend = MACEBackend(args.model, supercell, SPECIES, LATTICE_CONSTANT, vegard, batch_size=batch_size,
+                              device=args.device)
         maximum_error = float(np.abs(backend.energy(baseline_x).numpy() - reference).max())
         batched_x = x[:args.configs]
         rate = len(batched_x) / best_of(args.repeats, lambda: backend.energy(batched_x))
