@@ -46,23 +46,46 @@ class Probe:
 with ray_session(num_cpus=2, num_gpus=2):
     looks = {str(gpus): ray.get(Probe.options(num_cpus=0.1, num_gpus=gpus).remote().look.remote())
              for gpus in (0, 0.5, 1)}
-print("PROBE" + json.dumps(looks))
+    # What the executor asks this cluster for: W walkers → W GPUs, references none.
+    import tempfile
+    from pipeline.campaign import prepare_campaign
+    from pipeline.config import config_from_dict
+    from pipeline.distributed.executor import check_fits, run_resources
+    requests = {}
+    for walkers in (2, 3):
+        raw = {"methods": ["sw", "metadns"], "system": {"name": "ising", "L": 4, "beta": 0.3},
+               "training": {"walkers": walkers}, "distributed": {"cpus_per_run": 0.25}}
+        campaign = prepare_campaign(config_from_dict(raw, "fake"), tempfile.mkdtemp(), resume=False, check_device=False)
+        try:
+            check_fits(campaign)
+            fits = "fits"
+        except ConfigError as error:
+            fits = str(error)
+        requests[str(walkers)] = {m: [run_resources(campaign, m).gpus, run_resources(campaign, m).walker_gpus,
+                                      run_resources(campaign, m).total_gpus] for m in ("sw", "metadns")}
+        requests[str(walkers)]["fits"] = fits
+print("PROBE" + json.dumps({"looks": looks, "requests": requests}))
 '''
 
 
-def test_actors_see_exactly_the_gpus_ray_assigned_them():
+def test_actors_see_exactly_the_gpus_ray_assigned_them_and_walkers_get_one_each():
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
     env.pop("CUDA_VISIBLE_DEVICES", None)
     done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, cwd=REPO,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    looks = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("PROBE"))[5:])
+    probe = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("PROBE"))[5:])
+    looks, requests = probe["looks"], probe["requests"]
     none, half, one = looks["0"], looks["0.5"], looks["1"]
     assert none["visible"] == "" and none["gpu_ids"] == []
     assert none["device"] == "cpu" and "Ray assigned this actor no GPU" in none["reason"]
     for given in (half, one):
         assert len(given["gpu_ids"]) == 1 and given["visible"] == given["gpu_ids"][0]
         assert given["device"] == "refused" and "CUDA is not usable" in given["reason"]
+    # On the 2-GPU instance: the coordinator and SW get none, each of W walkers one.
+    assert requests["2"]["sw"] == [0.0, 0.0, 0.0] and requests["2"]["metadns"] == [0.0, 1.0, 2.0]
+    assert requests["2"]["fits"] == "fits"
+    assert requests["3"]["metadns"] == [0.0, 1.0, 3.0] and "needs 3 GPU" in requests["3"]["fits"]
 
 
 TWO_WALKERS = {
