@@ -226,8 +226,11 @@ def _run(args) -> int:
     from pipeline.comparison import write_and_print_comparison  # noqa: PLC0415
     from pipeline.runner import run_campaign  # noqa: PLC0415
 
+    # Inline runs train here, so this process must serve training.device; on Ray each actor
+    # takes the device Ray gave it, and the executor refuses requests the cluster cannot meet.
     with setup_errors(FileNotFoundError):  # RunFolderExists is a SetupError already
-        campaigns = [prepare_campaign(point_config, args.out, resume=args.resume, point=tag)
+        campaigns = [prepare_campaign(point_config, args.out, resume=args.resume, point=tag,
+                                      check_device=args.executor == "inline")
                      for tag, point_config in points]
     progress = not args.quiet
     if args.executor == "inline":

@@ -111,7 +111,11 @@ def execute_run(campaign: Campaign, spec: RunSpec, progress: bool = True,
     if summary_path.exists() and spec.run_name not in campaign.extended:
         return RunResult(spec, run_dir, json.loads(summary_path.read_text()))
     device = CPU_ONLY
-    if METHODS[spec.method].traits["trained"]:
+    if METHODS[spec.method].traits["trained"] and config.training.walkers > 1 and services is not None \
+            and services.make_walkers is not None:
+        device = DeviceChoice(torch.device("cpu"), f"coordinator of {config.training.walkers} walker actors, each "
+                                                   "training on the device Ray assigned it (walker_devices)")
+    elif METHODS[spec.method].traits["trained"]:
         device = choose_device(config.training.device)
         configure_numerics(device.device, config.training.deterministic)
         if device.fell_back:

@@ -320,6 +320,10 @@ class DualLoopTrainer:
         order = order.long() if order is not None else None
         return self.ema_sampler.log_prob(x.long(), order, batch_size=batch_size).cpu()
 
+    def device_name(self) -> str:
+        """Where this trainer's sampler lives, e.g. "cpu" or "cuda:0"."""
+        return str(self.sampler.device)
+
     def start_from(self, ema_state: dict) -> None:
         """Set the sampler and its EMA copy to a trained EMA sampler's weights (warm start)."""
         self.sampler.load_state_dict(ema_state)

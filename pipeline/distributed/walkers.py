@@ -43,6 +43,9 @@ class WalkerActor:
     def score_final(self, x, order, batch_size: int | None):
         return self._trainer.score_final(x, order, batch_size)
 
+    def device_name(self) -> str:
+        return self._trainer.device_name()
+
     def start_from(self, ema_state: dict) -> None:
         self._trainer.start_from(ema_state)
 

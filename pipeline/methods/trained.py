@@ -160,6 +160,7 @@ def _estimate_and_write(ctx, trainer, batch, energy_fn, generation_s: float, wit
     extra = {"initialised_from": ctx.initial_sampler_from.name} if ctx.initial_sampler_from else {}
     if config.training.walkers > 1:
         extra["walker_seeds"] = [walker_seed(ctx.seed, w) for w in range(config.training.walkers)]
+        extra["walker_devices"] = trainer.call(trainer.walkers, "device_name")
     if with_rmse:
         extra["fes_rmse_history"] = [(r.n_hills, r.energy_evaluations, r.fes_rmse_kT) for r in history]
     return run_summary(ctx, _warnings(ess_fraction, coverage), **extra, ess_fraction=ess_fraction,

@@ -199,7 +199,8 @@ def test_dry_run_of_a_cuda_config_needs_no_gpu_here(tmp_path):
                                    "--set", "training.device=cuda", "--dry-run")
     assert code == 0, stderr
     assert "metadns run" in script
-    code, _, stderr = run_cli("run", config, "--out", tmp_path / "runs", "--set", "training.device=cuda")
+    code, _, stderr = run_cli("run", config, "--out", tmp_path / "runs", "--executor", "inline",
+                              "--set", "training.device=cuda")
     if not torch.cuda.is_available():
         assert code == 2 and "training.device" in stderr and not (tmp_path / "runs" / "cuda").exists()
 

@@ -135,7 +135,10 @@ def observables_without_wall_times(path: Path) -> pd.DataFrame:
 
 
 def summary_without_wall_times(path: Path) -> dict:
+    """summary.json without wall times and without the sentence saying why the device was chosen
+    (an inline run and a Ray actor give different reasons for the same CPU)."""
     summary = json.loads(path.read_text())
+    summary["device"].pop("device_reason")
     return {k: v for k, v in summary.items() if k not in WALL_TIME_SUMMARY_KEYS}
 
 

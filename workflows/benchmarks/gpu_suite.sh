@@ -3,6 +3,7 @@
 #
 # Usage (from the repository root, with the project's environment active):
 #     bash workflows/benchmarks/gpu_suite.sh [DEVICE]      # DEVICE: cuda (default) or cpu
+# (cpu: the same steps with generation at L = 8, to check the script on a machine without a GPU)
 #
 # 1. 10k-sample generation, Ising L = 16, lattice and transformer denoisers, k = 16 and k = 1;
 # 2. cluster-expansion energies/s on DEVICE beside icet on the same machine (64 and 256 sites);
@@ -16,8 +17,10 @@ echo "== machine: $(hostname), $(nproc) CPUs; torch $($python -c 'import torch; 
 if [ "$device" = cuda ]; then
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 fi
-echo "== 1. generation, Ising L=16, 10000 samples"
-$python workflows/benchmarks/generation_speed.py --L 16 --n 10000 --denoiser both --k 16 1 --device "$device" \
+size=(--L 16 --n 10000)
+if [ "$device" = cpu ]; then size=(--L 8 --n 500); fi   # the CPU run only checks the script
+echo "== 1. generation, Ising ${size[*]}"
+$python workflows/benchmarks/generation_speed.py "${size[@]}" --denoiser both --k 16 1 --device "$device" \
     --max-seconds 60
 echo "== 2. cluster-expansion energies/s beside icet"
 $python workflows/benchmarks/ce_speed.py --device "$device" --seconds 0.5 --batch-sizes 1024 4096 16384

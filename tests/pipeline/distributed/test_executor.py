@@ -94,6 +94,10 @@ def test_ray_campaign_equals_single_process_run(local_ray, tmp_path, raw, name):
             trained = WellTemperedGridBias.from_state_dict(saved["bias"])
             hills = (b.root / run / "HILLS").read_text().splitlines()
             assert trained.n_hills == sum(1 for line in hills if not line.startswith("#")) > 0
+    if name == "walkers":   # each walker actor trained on the device Ray gave it (none here: CPU)
+        summary = json.loads((distributed[0].root / distributed[0].runs[0].run_name / "summary.json").read_text())
+        assert summary["walker_devices"] == ["cpu", "cpu"]
+        assert summary["device"]["device_reason"].startswith("coordinator of 2 walker actors")
     if len(points) > 1:  # distinct points get distinct seeds, and the colder runs were warm-started
         seeds = {json.loads((c.root / "metadns_T800.0000" / "summary.json").read_text())["seed"] for c in distributed}
         assert len(seeds) == len(points)
