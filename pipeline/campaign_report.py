@@ -57,7 +57,7 @@ from systems.registry import SYSTEMS
 __all__ = ["FES_PRIORITY", "RunFolder", "find_runs", "dataset_tables", "write_dataset", "summary_table",
            "phase_diagram_points", "make_report", "report_command"]
 
-FES_PRIORITY: tuple[str, ...] = ("metadns", "mcmc-metad", "mdns-warmstart", "mdns", "metropolis", "sw")
+FES_PRIORITY: tuple[str, ...] = ("metadns-mcmc", "metadns", "mcmc-metad", "mdns-warmstart", "mdns", "metropolis", "sw")
 DATASET = "dataset"
 SKIPPED_FOLDERS = (DATASET, "plots")
 

@@ -17,9 +17,10 @@ __all__ = ["main_estimator", "comparison_table", "write_and_print_comparison"]
 
 
 def main_estimator(method: str) -> str:
-    """The estimator a method's headline figures use: ``likelihood`` for trained samplers,
-    ``mcmc`` for chains."""
-    return "likelihood" if METHODS[method].traits["trained"] else "mcmc"
+    """The estimator a method's headline figures use: its ``estimator`` trait, else
+    ``likelihood`` for trained samplers and ``mcmc`` for chains."""
+    traits = METHODS[method].traits
+    return traits.get("estimator", "likelihood" if traits["trained"] else "mcmc")
 
 
 def comparison_table(campaign: Campaign, results: list[RunResult]) -> pd.DataFrame:

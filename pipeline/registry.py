@@ -56,6 +56,10 @@ METHODS = Registry("method", (
           traits={"trained": True, "bias": False, "warmstart": False}),
     Entry("mdns-warmstart", _TRAINED, "trained sampler without bias, first at training.warmstart_beta",
           traits={"trained": True, "bias": False, "warmstart": True}),
+    Entry("metadns-mcmc", "pipeline.methods.neural_chains:run",
+          "exact MCMC on the biased target: local moves plus independence proposals from the sampler, "
+          "trained on the chains' states (neural-proposal MCMC)",
+          traits={"trained": True, "bias": True, "warmstart": False, "estimator": "mcmc", "tunable": False}),
     Entry("mcmc-metad", "pipeline.methods.chains:mcmc_metadynamics",
           "parallel Metropolis chains sharing one well-tempered bias (MCMC WT-MetaD)",
           traits={"trained": False, "bias": True}),

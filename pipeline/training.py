@@ -228,6 +228,20 @@ class DualLoopTrainer:
         with torch.no_grad():
             torch._foreach_lerp_(list(self.ema_sampler.parameters()), list(self.sampler.parameters()), 1.0 - decay)
 
+    def train_on(self, x: torch.Tensor, log_weights: torch.Tensor, log_q: torch.Tensor) -> float:
+        """``settings.inner_steps`` gradient steps of the sampler's loss on one batch (x int64
+        (B, D), log-weights and log q float64 (B,)), each followed by the EMA update; returns the
+        mean loss.  Zero log-weights give maximum likelihood on x (neural-proposal MCMC)."""
+        self.sampler.train()
+        loss_total = 0.0   # a float, or a tensor on the device (one synchronisation per iteration)
+        for _ in range(self.settings.inner_steps):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss_total = loss_total + self.sampler.loss_backward(x, log_weights, log_q, self.generator)
+            self.optimizer.step()
+            self.gradient_steps += 1
+            self._ema_update()
+        return float(loss_total) / self.settings.inner_steps
+
     def step(self) -> IterationRecord:
         """Run one outer iteration and return its record."""
         cv = self.draw()
@@ -278,14 +292,7 @@ class DualLoopTrainer:
                 log_w = torch.cat([log_w, old_log_w])
             self.replay.add(fresh.x, fresh.log_q, self._cv_strata(cv))
 
-        self.sampler.train()
-        loss_total = 0.0   # a float, or a tensor on the device (one synchronisation per iteration)
-        for _ in range(s.inner_steps):
-            self.optimizer.zero_grad(set_to_none=True)
-            loss_total = loss_total + self.sampler.loss_backward(train_x, log_w, train_log_q, self.generator)
-            self.optimizer.step()
-            self.gradient_steps += 1
-            self._ema_update()
+        mean_loss = self.train_on(train_x, log_w, train_log_q)
 
         self.iteration += 1
         self.elapsed_s += time.perf_counter() - start
@@ -293,7 +300,7 @@ class DualLoopTrainer:
         record = IterationRecord(
             iteration=self.iteration,
             beta=beta,
-            loss=float(loss_total) / s.inner_steps,
+            loss=mean_loss,
             ess_fraction=float(fresh_ess_fraction),
             max_bias_kT=float(self.bias.values.max() / kT) if self.bias is not None else 0.0,
             cv_coverage=coverage,

@@ -111,7 +111,8 @@ TUNE_KEYS: tuple[str, ...] = ("space", "num_samples", "objective", "method", "te
                               "max_concurrent_trials", "cpus_per_trial")
 """Valid keys of the ``tune`` section."""
 TUNE_METHODS: tuple[str, ...] = tuple(name for name in METHODS if METHODS[name].traits["trained"]
-                                   and not METHODS[name].traits["warmstart"])
+                                   and not METHODS[name].traits["warmstart"]
+                                   and METHODS[name].traits.get("tunable", True))
 # Keys a trial may not change: they define the campaign, the temperature, the seed or the budget
 # ASHA allocates.
 _FIXED_HEADS = ("name", "seed", "methods", "system", "tune")

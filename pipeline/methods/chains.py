@@ -130,9 +130,9 @@ def _generator(ctx) -> torch.Generator:
     return torch.Generator().manual_seed(ctx.seed)
 
 
-def finish_chain_run(ctx, record: ChainRecord, bias) -> dict:
+def finish_chain_run(ctx, record: ChainRecord, bias, extra: dict | None = None) -> dict:
     """Observables (chain-weighted, autocorrelation-aware errors), histograms, FES, samples,
-    HILLS and plots of a chain run; returns its summary."""
+    HILLS and plots of a chain run; returns its summary (with ``extra`` entries added)."""
     system = ctx.system
     n_steps, n_chains, D = record.states.shape
     flat = record.states.reshape(-1, D).long()
@@ -162,7 +162,7 @@ def finish_chain_run(ctx, record: ChainRecord, bias) -> dict:
     no_likelihood = np.full(n, np.nan)
     write_samples(ctx, record.states.reshape(-1, D).numpy(), None, energy, cv, no_likelihood, log_w.ravel(),
                   no_likelihood)
-    extra = {}
+    extra = dict(extra or {})
     if record.fes_rmse_history:
         extra["fes_rmse_history"] = record.fes_rmse_history
     return run_summary(ctx, [], n_samples=n, energy_evaluations=record.energy_evaluations,
