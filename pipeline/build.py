@@ -21,7 +21,7 @@ from pipeline.training import DualLoopTrainer
 from systems.parameters import ParameterError
 from systems.registry import ENERGY_BACKENDS, SYSTEMS, make_system
 
-__all__ = ["build_system", "energy_device", "build_bias", "build_sampler", "build_trainer", "build_walker",
+__all__ = ["build_system", "energy_device", "energy_on_cuda", "build_bias", "build_sampler", "build_trainer", "build_walker",
            "restrict_to_run", "derive_seed", "walker_seed", "check_buildable", "check_sampler"]
 
 
@@ -34,6 +34,11 @@ def energy_device(config: Config) -> str | None:
     if "device" not in ENERGY_BACKENDS[energy["name"]].parameter_names:
         return None
     return str(energy.get("device", ENERGY_BACKENDS[energy["name"]].parameter("device").default))
+
+
+def energy_on_cuda(config: Config) -> bool:
+    """True when the configured energy backend runs on a CUDA device (``system.energy.device``)."""
+    return (energy_device(config) or "cpu").startswith("cuda")
 
 
 def build_system(config: Config, energy_on_cpu: bool = False):

@@ -28,6 +28,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from systems.reference_samplers import metropolis_trial
+
 __all__ = ["ChainState", "BiasedTarget", "log_acceptance", "start_chains", "local_moves", "global_move",
            "refresh_orders"]
 
@@ -89,34 +91,22 @@ def start_chains(x: torch.Tensor, target: BiasedTarget, sampler, generator: torc
 
 def local_moves(state: ChainState, target: BiasedTarget, generator: torch.Generator,
                 n_moves: int) -> tuple[ChainState, int]:
-    """``n_moves`` single-site Metropolis trials per chain under E + V(ξ(x)), σ kept.
-
-    Each trial costs one ΔE per chain (``system.energy_change``) and one CV evaluation of the
-    proposed configurations. Returns the new state (log q marked stale when any x changed) and
-    the number of accepted trials over all chains.
+    """``n_moves`` single-site Metropolis trials per chain under E + V(ξ(x)), σ kept
+    (:func:`systems.reference_samplers.metropolis_trial`: a uniform site, a uniform different
+    state, one ΔE per chain per trial; with a bias also the CVs of the proposed configurations).
+    Returns the new state (log q marked stale when any x changed) and the number of accepted
+    trials over all chains.
     """
     system = target.system
-    x, energy, cv = state.x.clone(), state.energy.clone(), state.cv.clone()
-    n_chains, n_sites, q = x.shape[0], system.n_sites, system.n_states
-    rows = torch.arange(n_chains)
+    x, energy = state.x, state.energy
     accepted_total = 0
     for _ in range(n_moves):  # loop over trials; every trial is vectorised over chains
-        sites = torch.randint(n_sites, (n_chains,), generator=generator, device=generator.device).cpu()
-        shift = torch.randint(q - 1, (n_chains,), generator=generator, device=generator.device).cpu()
-        new_states = (x[rows, sites] + 1 + shift) % q
-        delta_energy = system.energy_change(x, sites, new_states).to(torch.float64)
-        proposed = x.clone()
-        proposed[rows, sites] = new_states
-        proposed_cv = system.cv(proposed).to(torch.float64)
-        log_ratio = (target.log_density(energy + delta_energy, proposed_cv) - target.log_density(energy, cv))
-        u = torch.rand(n_chains, generator=generator, device=generator.device, dtype=torch.float64).cpu()
-        accept = torch.log(u) < log_ratio
-        x = torch.where(accept[:, None], proposed, x)
-        energy = torch.where(accept, energy + delta_energy, energy)
-        cv = torch.where(accept[:, None], proposed_cv, cv)
+        x, accept, delta_energy = metropolis_trial(system, x, target.beta, generator, target.bias)
+        energy = torch.where(accept, energy + delta_energy.to(torch.float64), energy)
         accepted_total += int(accept.sum())
-    log_q = state.log_q if accepted_total == 0 else None
-    return ChainState(x, state.order, energy, cv, log_q), accepted_total
+    if accepted_total == 0:
+        return state, 0
+    return ChainState(x, state.order, energy, system.cv(x).to(torch.float64)), accepted_total
 
 
 def global_move(state: ChainState, target: BiasedTarget, sampler, generator: torch.Generator,

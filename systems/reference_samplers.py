@@ -28,7 +28,8 @@ from .base import LatticeSystem, as_configurations
 from .ising import IsingModel
 from .potts import PottsModel
 
-__all__ = ["SwendsenWangResult", "MetropolisResult", "swendsen_wang", "metropolis_step", "metropolis"]
+__all__ = ["SwendsenWangResult", "MetropolisResult", "swendsen_wang", "metropolis_step", "metropolis_trial",
+           "metropolis"]
 
 Generator = torch.Generator | np.random.Generator
 BiasEnergy = Callable[[np.ndarray], np.ndarray]
@@ -182,14 +183,18 @@ def _bias_of(bias_energy: BiasEnergy, cv: torch.Tensor) -> torch.Tensor:
     return values.to(cv.device)
 
 
-def _metropolis_step(system, x, beta, generator, bias_energy):
+def metropolis_trial(system, x, beta, generator, bias_energy=None):
+    """The unchecked Metropolis trial behind :func:`metropolis_step` (inputs valid by
+    construction, e.g. inside a chain loop): returns (new x, accepted bool ``(B,)``, ΔE float64
+    ``(B,)`` of the proposed flip without the bias, so callers can keep cached energies)."""
     B, D, q = x.shape[0], system.n_sites, system.n_states
     sites = _integers(generator, D, (B,)).to(x.device)
     rows = torch.arange(B, device=x.device)
     old_states = x[rows, sites].long()
     # Uniformly random *different* state: symmetric proposal.
     new_states = (old_states + 1 + _integers(generator, q - 1, (B,)).to(x.device)) % q
-    delta = system._energy_change(x, sites, new_states)  # inputs valid by construction
+    delta_energy = system._energy_change(x, sites, new_states)  # inputs valid by construction
+    delta = delta_energy
     proposed = None
     if bias_energy is not None:
         proposed = x.clone()
@@ -202,7 +207,7 @@ def _metropolis_step(system, x, beta, generator, bias_energy):
         x_new[rows[accepted], sites[accepted]] = new_states[accepted].to(x.dtype)
     else:
         x_new = torch.where(accepted[:, None], proposed, x)
-    return x_new, accepted
+    return x_new, accepted, delta_energy
 
 
 def metropolis_step(system: LatticeSystem, x, beta: float, generator: Generator,
@@ -222,7 +227,8 @@ def metropolis_step(system: LatticeSystem, x, beta: float, generator: Generator,
     if bias_energy is not None and not callable(bias_energy):
         raise ValueError("bias_energy must be None or a callable mapping CV values (B, d) to energies (B,)")
     x = as_configurations(x, system.n_sites, system.n_states)
-    return _metropolis_step(system, x, beta, generator, bias_energy)
+    x_new, accepted, _ = metropolis_trial(system, x, beta, generator, bias_energy)
+    return x_new, accepted
 
 
 def metropolis(
@@ -257,7 +263,7 @@ def metropolis(
     disable = None if progress is None else not progress
     for sweep in tqdm(range(n_sweeps), desc="Metropolis", unit="sweep", disable=disable, leave=False):
         for _ in range(D):
-            x, accepted = _metropolis_step(system, x, beta, generator, bias_energy)
+            x, accepted, _ = metropolis_trial(system, x, beta, generator, bias_energy)
             n_accepted += accepted.sum().cpu()
         if (sweep + 1) % thin == 0:
             recorded[(sweep + 1) // thin - 1] = x

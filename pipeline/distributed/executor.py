@@ -19,7 +19,7 @@ import ray
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.build import energy_device
+from pipeline.build import energy_on_cuda
 from pipeline.config import ConfigError, RunSpec
 from pipeline.distributed.bias_server import BiasClient
 from pipeline.distributed.evaluators import EvaluatorPool, PoolEnergy
@@ -151,7 +151,7 @@ def run_resources(campaign: Campaign, method: str) -> RunResources:
     config = campaign.config
     d, walkers = config.distributed, config.training.walkers
     if not METHODS[method].traits["trained"]:
-        in_process_cuda = d.evaluators == 0 and (energy_device(config) or "cpu").startswith("cuda")
+        in_process_cuda = d.evaluators == 0 and energy_on_cuda(config)
         return RunResources(d.cpus_per_run, 1.0 if in_process_cuda else 0.0)
     gpus = sampler_gpus(config)
     if config.training.device == "cuda" and gpus == 0:
@@ -166,19 +166,20 @@ def run_resources(campaign: Campaign, method: str) -> RunResources:
 def pool_resources(campaign: Campaign) -> tuple[float, float]:
     """(CPUs, GPUs) of the campaign's evaluator pool (one pool per campaign, shared by its runs)."""
     d = campaign.config.distributed
-    if d.evaluators and (energy_device(campaign.config) or "cpu").startswith("cuda") and d.gpus_per_evaluator == 0:
+    if d.evaluators and energy_on_cuda(campaign.config) and d.gpus_per_evaluator == 0:
         raise ConfigError("distributed.gpus_per_evaluator", "is 0 but system.energy.device is cuda: evaluator actors "
                                                             "need GPUs (e.g. gpus_per_evaluator: 0.5), or use "
                                                             "distributed.evaluators: 0")
     return d.evaluators * d.cpus_per_evaluator, d.evaluators * d.gpus_per_evaluator
 
 
-def check_fits(campaign: Campaign) -> None:
-    """ConfigError if the cluster can never grant some run of the campaign with its pool."""
+def check_fits(campaign: Campaign) -> dict[str, RunResources]:
+    """The request of each method of the campaign (:func:`run_resources`); ConfigError if the
+    cluster can never grant one of them together with the campaign's pool."""
     d, walkers = campaign.config.distributed, campaign.config.training.walkers
     pool_cpus, pool_gpus = pool_resources(campaign)
-    for method in dict.fromkeys(spec.method for spec in campaign.runs):
-        need = run_resources(campaign, method)
+    needs = {method: run_resources(campaign, method) for method in dict.fromkeys(s.method for s in campaign.runs)}
+    for method, need in needs.items():
         if need.total_cpus + pool_cpus > cluster_cpus() + 1e-9:
             raise ConfigError("distributed.cpus_per_run",
                               f"a {method} run needs {need.total_cpus:g} CPU for its trainer and {need.walkers} "
@@ -191,6 +192,7 @@ def check_fits(campaign: Campaign) -> None:
                                    f"({max(walkers, 1)} sampler(s) × {need.gpus + need.walker_gpus:g}) and its "
                                    f"evaluators {pool_gpus:g}, but the Ray cluster has {cluster_gpus():g}; use "
                                    "fractional GPUs (gpus_per_run: 0.5), fewer training.walkers or more GPUs")
+    return needs
 
 
 def start_evaluator_pool(campaign: Campaign):
@@ -232,8 +234,7 @@ class _Scheduler:
 
     def __init__(self, campaigns: list[Campaign], progress: bool, given_pools: dict[str, object]):
         self.campaigns = campaigns
-        for campaign in campaigns:
-            check_fits(campaign)
+        self.needs = {(str(c.root), method): need for c in campaigns for method, need in check_fits(c).items()}
         self.pool_needs = {str(c.root): pool_resources(c) for c in campaigns}
         self.given_pools = given_pools
         self.live_pools: dict[str, object] = {}
@@ -283,7 +284,7 @@ class _Scheduler:
 
     def _try_launch(self, job: _Job) -> None:
         root = str(job.campaign.root)
-        need = run_resources(job.campaign, job.spec.method)
+        need = self.needs[(root, job.spec.method)]
         shape = (need.cpus, need.gpus)
         pool_cpus, pool_gpus = self.pool_needs[root]
         starts_pool = root not in self.live_pools and root not in self.given_pools and (pool_cpus or pool_gpus) > 0
@@ -315,7 +316,7 @@ class _Scheduler:
     def _collect(self, ref: ray.ObjectRef) -> None:
         job, actor, start = self.running.pop(ref)
         root = str(job.campaign.root)
-        need = run_resources(job.campaign, job.spec.method)
+        need = self.needs[(root, job.spec.method)]
         self._take((need.total_cpus - need.cpus, need.total_gpus - need.gpus), +1.0)   # its walkers are gone
         try:
             self.results[job.key] = ray.get(ref)

@@ -20,6 +20,7 @@ generated x; re-scoring with a fresh order is fine for training targets but not 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import numbers
 from collections.abc import Sequence
@@ -354,11 +355,7 @@ def _reveal_slices(order: torch.Tensor):
             rows = (inverse == index).nonzero().squeeze(1)
             groups.append((rows, positions[rows], profile))
     for rows, group_positions, steps in groups:
-        counts = torch.bincount(steps).tolist()
-        bounds = [0]
-        for count in counts:
-            bounds.append(bounds[-1] + count)
-        yield rows, group_positions, bounds
+        yield rows, group_positions, [0, *itertools.accumulate(torch.bincount(steps).tolist())]
 
 
 def from_options(system, options: dict, training) -> MaskedDiffusionSampler:
