@@ -16,6 +16,15 @@ Conventions (see docs/method.md §2–3):
   (a product over dimensions in 2-D). All hills of one ``deposit`` call are computed
   against the same snapshot of V (batch deposition), then added together.
 * Free energy: ``F(s) = −γ/(γ−1) · V(s) / kT``, in k_BT for the whole system, gauge min F = 0.
+* Edge correction (``edge_correction=True``): the well-tempered fixed point gives F exactly only
+  if every attainable node receives the same total kernel weight Σ_s K(g, s) from hills at the
+  attainable s. A Gaussian cut off at the grid edge gives edge nodes about half, so F comes out
+  k_BT too high there. With the correction each hill is reflected about lower − Δ/2 and
+  upper + Δ/2 (Δ the node spacing; images of images included), which makes the sum constant
+  on a rectangular domain. When ``attainable`` names the nodes of an irregular 2-D domain
+  (the Potts triangle) the kernel is instead the Gaussian restricted to those nodes and
+  Sinkhorn-scaled, K(g, s) = c·d(g)·G(g − s)·d(s), with d chosen so that every row sums to
+  the interior sum c; V then grows on the attainable nodes only, and F is NaN elsewhere.
 """
 
 from __future__ import annotations
@@ -32,6 +41,9 @@ __all__ = ["WellTemperedGridBias"]
 _STATE_FORMAT = "metadns.WellTemperedGridBias/1"
 _ALIGN_RTOL = 1e-9  # alignment tolerance, as a fraction of the CV spacing
 _SETTINGS_RTOL = 1e-12  # tolerance when checking that two biases share their settings
+_IMAGE_REACH = 8.0  # images of a hill are kept while they come within this many sigmas of the grid
+_SINKHORN_TOL = 1e-13  # largest |row sum / c − 1| the Sinkhorn-scaled kernel may leave
+_SINKHORN_MAX_ITERATIONS = 20000
 
 
 def _per_dimension(name: str, value: Any) -> tuple[float, ...] | float:
@@ -58,6 +70,11 @@ def _as_cv_array(s: Any, dim: int, name: str = "s") -> np.ndarray:
     return array
 
 
+def _with_old_defaults(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings of a state saved before the edge correction existed: hills were cut off."""
+    return {"edge_correction": False, "attainable_nodes": None, **settings}
+
+
 class WellTemperedGridBias:
     """Well-tempered metadynamics bias V(s) on a regular 1-D or 2-D grid.
 
@@ -80,6 +97,13 @@ class WellTemperedGridBias:
         Distance between adjacent attainable CV values, whose values are taken to be
         ``lower + k·cv_spacing``. When given, every such value inside [lower, upper] must
         coincide with a grid node (tolerance 1e-9·cv_spacing), otherwise ValueError.
+    edge_correction : bool
+        Correct the hills at the domain edges so that the bias F is exact there (module
+        docstring); False reproduces hills cut off at the grid edge.
+    attainable_nodes : sequence of int, optional
+        Flat (row-major) indices of the attainable grid nodes of an irregular 2-D domain
+        (:meth:`flat_node_index` of the attainable CV values); with ``edge_correction`` the
+        kernel is Sinkhorn-scaled on those nodes instead of reflected.
 
     Attributes
     ----------
@@ -88,7 +112,8 @@ class WellTemperedGridBias:
     values : np.ndarray            V on the grid, energy units, float64, shape (G1,) or (G1, G2)
     """
 
-    def __init__(self, lower, upper, grid_points, sigma, gamma, kT, hill_height, cv_spacing=None):
+    def __init__(self, lower, upper, grid_points, sigma, gamma, kT, hill_height, cv_spacing=None,
+                 edge_correction=False, attainable_nodes=None):
         raw = {
             "lower": _per_dimension("lower", lower),
             "upper": _per_dimension("upper", upper),
@@ -144,6 +169,17 @@ class WellTemperedGridBias:
         if "cv_spacing" in per_dim:
             self._check_alignment(per_dim["cv_spacing"])
             self.cv_spacing = tuple(per_dim["cv_spacing"])
+
+        self.edge_correction: bool = bool(edge_correction)
+        self.attainable_mask: np.ndarray | None = None   # bool grid-shaped, irregular domains only
+        if attainable_nodes is not None:
+            nodes = np.asarray(attainable_nodes, dtype=np.int64).reshape(-1)
+            if nodes.size == 0 or nodes.min() < 0 or nodes.max() >= math.prod(self.grid_points):
+                raise ValueError(f"attainable_nodes must be non-empty flat indices into the {self.grid_points} grid")
+            self.attainable_mask = np.zeros(math.prod(self.grid_points), dtype=bool)
+            self.attainable_mask[nodes] = True
+            self.attainable_mask = self.attainable_mask.reshape(self.grid_points)
+        self._edge_scale: np.ndarray | None = None   # c^½·d of the Sinkhorn kernel, computed on first use
 
         self.values: np.ndarray = np.zeros(self.grid_points, dtype=np.float64)
         self.n_depositions: int = 0  # number of deposit calls that added at least one hill
@@ -234,6 +270,10 @@ class WellTemperedGridBias:
             index[:, k] = np.clip(np.rint(position), 0, self.grid_points[k] - 1).astype(np.int64)
         return index
 
+    def flat_node_index(self, s) -> np.ndarray:
+        """Row-major flat index of the nearest grid node, int64 (B,), for CV values s (B, dim)."""
+        return np.ravel_multi_index(tuple(self.node_index(s).T), self.grid_points).astype(np.int64)
+
     def value(self, s) -> np.ndarray:
         """V at the nearest grid node for CV values s (B, dim) → float64 (B,), energy units.
 
@@ -245,16 +285,63 @@ class WellTemperedGridBias:
 
     # ------------------------------------------------------------------ deposition
     def _gaussian_factors(self, centres: np.ndarray) -> list[np.ndarray]:
-        """Per-dimension Gaussian factors exp(−(g − s)²/(2σ²)), each float64 (B, G_k)."""
-        return [
-            np.exp(-np.square(self.axes[k][None, :] - centres[:, k : k + 1]) / (2.0 * self.sigma[k] ** 2))
-            for k in range(self.dim)
-        ]
+        """Per-dimension Gaussian factors exp(−(g − s)²/(2σ²)), each float64 (B, G_k); with the
+        reflecting edge correction each factor is summed over the hill's images."""
+        factors = []
+        for k in range(self.dim):
+            images = self._images(centres[:, k], k) if self._reflecting else centres[:, k:k + 1]
+            distance = self.axes[k][None, None, :] - images[:, :, None]            # (B, images, G_k)
+            factors.append(np.exp(-np.square(distance) / (2.0 * self.sigma[k] ** 2)).sum(axis=1))
+        return factors
+
+    @property
+    def _reflecting(self) -> bool:
+        return self.edge_correction and self.attainable_mask is None
+
+    def _images(self, centres: np.ndarray, k: int) -> np.ndarray:
+        """Centres (B,) and their mirror images about a = lower − Δ/2 and b = upper + Δ/2 in
+        dimension k, float64 (B, n_images), the centre itself first. The reflections generate
+        s + nP and 2a − s + nP (P = 2(b − a)); |n| runs as far as _IMAGE_REACH·σ needs."""
+        a = self.lower[k] - 0.5 * self.grid_spacing[k]
+        b = self.upper[k] + 0.5 * self.grid_spacing[k]
+        period = 2.0 * (b - a)
+        reach = int(math.ceil(_IMAGE_REACH * self.sigma[k] / period))
+        shifts = np.array(sorted(range(-reach, reach + 1), key=abs), dtype=np.float64) * period  # 0 first
+        return np.concatenate([centres[:, None] + shifts, (2.0 * a - centres)[:, None] + shifts], axis=1)
+
+    def _sinkhorn_scale(self) -> np.ndarray:
+        """c^½·d on the attainable nodes (0 elsewhere), grid-shaped: the Gaussian restricted to
+        the attainable nodes, scaled to c·d(g)·G(g − s)·d(s), has every row sum equal to c, the
+        largest row sum of the unscaled kernel. Symmetric Sinkhorn iteration d ← (d / Gd)^½."""
+        if self._edge_scale is None:
+            kernels = [np.exp(-np.square(ax[:, None] - ax[None, :]) / (2.0 * s ** 2)) for ax, s in zip(self.axes, self.sigma)]
+            mask = self.attainable_mask.astype(np.float64)
+
+            def smooth(field):   # Σ_s G(g − s) field(s) over the attainable s, at every node g
+                return mask * (kernels[0] @ (mask * field) @ kernels[1].T)
+
+            row_sums = smooth(np.ones(self.grid_points))
+            c = float(row_sums.max())
+            d = np.where(self.attainable_mask, 1.0 / np.sqrt(np.where(self.attainable_mask, row_sums, 1.0) / c), 0.0)
+            for _ in range(_SINKHORN_MAX_ITERATIONS):
+                sums = d * smooth(d)
+                if np.max(np.abs(sums[self.attainable_mask] - 1.0)) < _SINKHORN_TOL:
+                    break
+                d = np.where(self.attainable_mask, d / np.sqrt(np.where(self.attainable_mask, sums, 1.0)), 0.0)
+            else:
+                raise RuntimeError("the Sinkhorn scaling of the edge-corrected kernel did not converge; "
+                                   "sigma may be too small for the spacing of the attainable nodes")
+            self._edge_scale = d * math.sqrt(c)
+        return self._edge_scale
 
     def _add_hills(self, centres: np.ndarray, heights: np.ndarray) -> None:
         factors = self._gaussian_factors(centres)
         if self.dim == 1:
             self.values += heights @ factors[0]
+        elif self.edge_correction and self.attainable_mask is not None:
+            scale = self._sinkhorn_scale()
+            scaled = heights * scale[tuple(self.node_index(centres).T)]
+            self.values += scale * ((scaled[:, None] * factors[0]).T @ factors[1])
         else:
             self.values += (heights[:, None] * factors[0]).T @ factors[1]
 
@@ -322,7 +409,9 @@ class WellTemperedGridBias:
         V∞ = −(1 − 1/γ)F + const).
         """
         free_energy = -self.gamma / (self.gamma - 1.0) * self.values / self.kT
-        return free_energy - free_energy.min()
+        if self.edge_correction and self.attainable_mask is not None:
+            free_energy = np.where(self.attainable_mask, free_energy, np.nan)
+        return free_energy - np.nanmin(free_energy)
 
     # ------------------------------------------------------------------ persistence
     @property
@@ -337,6 +426,8 @@ class WellTemperedGridBias:
             "kT": self.kT,
             "hill_height": self.hill_height,
             "cv_spacing": None if self.cv_spacing is None else list(self.cv_spacing),
+            "edge_correction": self.edge_correction,
+            "attainable_nodes": None if self.attainable_mask is None else np.flatnonzero(self.attainable_mask).tolist(),
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -358,6 +449,12 @@ class WellTemperedGridBias:
 
     def _incompatible_settings(self, settings: dict[str, Any]) -> list[str]:
         problems = []
+        settings = _with_old_defaults(settings)
+        for key in ("edge_correction", "attainable_nodes"):
+            if settings[key] != self.settings[key]:
+                shown = {name: ("None" if value is None else f"{len(value)} nodes" if name == "attainable_nodes" else value)
+                         for name, value in (("mine", self.settings[key]), ("theirs", settings[key]))}
+                problems.append(f"{key}: this bias has {shown['mine']}, the other has {shown['theirs']}")
         for key in ("lower", "upper", "grid_points", "sigma", "gamma", "kT"):
             mine = np.atleast_1d(np.asarray(self.settings[key], dtype=np.float64))
             theirs = np.atleast_1d(np.asarray(settings.get(key), dtype=np.float64))
@@ -402,7 +499,7 @@ class WellTemperedGridBias:
         """Build a bias with the saved settings and load the saved state into it."""
         if not isinstance(state, dict) or "settings" not in state:
             raise ValueError("state must be a dict produced by WellTemperedGridBias.state_dict()")
-        bias = cls(**state["settings"])
+        bias = cls(**_with_old_defaults(state["settings"]))
         bias.load_state_dict(state)
         return bias
 
@@ -410,6 +507,7 @@ class WellTemperedGridBias:
         """Independent deep copy (settings, V, counters, hills)."""
         duplicate = type(self)(**self.settings)
         duplicate.values = self.values.copy()
+        duplicate._edge_scale = self._edge_scale   # never modified in place
         duplicate.n_depositions = self.n_depositions
         hills = self.hills
         if hills["heights"].shape[0]:
@@ -427,6 +525,11 @@ class WellTemperedGridBias:
         convention the ``height`` column holds h_i·γ/(γ−1) (energy units), so that summing the
         written Gaussians gives −F·kT up to a constant, and ``biasf`` = γ. To recover the
         heights added to V multiply by (γ−1)/γ. CV names default to ``s`` (1-D) or ``s1, s2``.
+
+        With the reflecting edge correction the file also carries every hill's mirror images
+        that reach the grid (same time and height), so that summing its Gaussians reproduces V
+        on the grid; the Sinkhorn-scaled kernel of an irregular domain is not a sum of
+        Gaussians, and its file lists the hills as deposited.
         """
         if cv_names is None:
             cv_names = ("s",) if self.dim == 1 else tuple(f"s{k + 1}" for k in range(self.dim))
@@ -436,13 +539,13 @@ class WellTemperedGridBias:
         for name in cv_names:
             if not isinstance(name, str) or not name or any(c.isspace() for c in name):
                 raise ValueError(f"cv_names entries must be non-empty strings without whitespace, got {name!r}")
-        hills = self.hills
-        n = hills["heights"].shape[0]
+        times, centres, heights = self._hills_as_gaussians()
+        n = heights.shape[0]
         table = np.column_stack([
-            hills["time"].astype(np.float64),
-            hills["centres"],
-            hills["sigmas"],
-            hills["heights"] * self.gamma / (self.gamma - 1.0),
+            times.astype(np.float64),
+            centres,
+            np.broadcast_to(np.asarray(self.sigma, dtype=np.float64), centres.shape),
+            heights * self.gamma / (self.gamma - 1.0),
             np.full(n, self.gamma),
         ]) if n else np.zeros((0, 2 * self.dim + 3))
         fields = ["time", *cv_names, *(f"sigma_{name}" for name in cv_names), "height", "biasf"]
@@ -453,6 +556,30 @@ class WellTemperedGridBias:
             handle.write(header)
             if n:
                 np.savetxt(handle, table, fmt=fmt, delimiter=" ")
+
+    def _hills_as_gaussians(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(time int64 (n,), centres float64 (n, dim), heights float64 (n,)) of Gaussians whose
+        sum is V: the hills, plus with the reflecting correction their images that come within
+        _IMAGE_REACH·σ of the grid (hill by hill, each hill before its images)."""
+        hills = self.hills
+        if not self._reflecting or hills["heights"].shape[0] == 0:
+            return hills["time"], hills["centres"], hills["heights"]
+        per_dimension = []
+        for k in range(self.dim):
+            images = self._images(hills["centres"][:, k], k)                                # (n, m_k)
+            near = (images > self.lower[k] - _IMAGE_REACH * self.sigma[k]) & \
+                   (images < self.upper[k] + _IMAGE_REACH * self.sigma[k])
+            per_dimension.append((images, near))
+        if self.dim == 1:
+            (images, near), = per_dimension
+            coordinates, keep = images[:, :, None], near
+        else:
+            (first, near_first), (second, near_second) = per_dimension
+            coordinates = np.stack(np.broadcast_arrays(first[:, :, None], second[:, None, :]), axis=-1)
+            coordinates = coordinates.reshape(first.shape[0], -1, 2)
+            keep = (near_first[:, :, None] & near_second[:, None, :]).reshape(first.shape[0], -1)
+        rows = np.broadcast_to(np.arange(keep.shape[0])[:, None], keep.shape)[keep]
+        return hills["time"][rows], coordinates[keep], hills["heights"][rows]
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(dim={self.dim}, lower={self.lower}, upper={self.upper}, "

@@ -66,13 +66,18 @@ def build_system(config: Config, energy_on_cpu: bool = False):
 
 def build_bias(config: Config, system, beta: float, hills_per_cycle: int) -> WellTemperedGridBias:
     """Grid bias for this run on the system's CV: h0 = height_per_cycle·kT / hills_per_cycle
-    (docs/method.md §3)."""
+    (docs/method.md §3); with ``bias.edge_correction`` on the system's attainable nodes when it
+    names them (an irregular 2-D domain)."""
     grid = validate_bias_grid(config, system.cv_spec)
     kT = 1.0 / beta
     try:
-        return WellTemperedGridBias(grid.lower, grid.upper, grid.grid_points, grid.sigma, config.bias.gamma,
+        bias = WellTemperedGridBias(grid.lower, grid.upper, grid.grid_points, grid.sigma, config.bias.gamma,
                                     kT, config.bias.hill_height(kT, hills_per_cycle),
-                                    cv_spacing=system.cv_spec.spacing)
+                                    cv_spacing=system.cv_spec.spacing, edge_correction=config.bias.edge_correction)
+        attainable = system.attainable_cv() if config.bias.edge_correction else None
+        if attainable is None:
+            return bias
+        return WellTemperedGridBias(**{**bias.settings, "attainable_nodes": bias.flat_node_index(attainable)})
     except ValueError as error:
         raise ConfigError("bias.grid_points", str(error)) from error
 

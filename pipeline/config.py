@@ -178,7 +178,9 @@ class BiasConfig:
     cycle, in k_BT (per hill h0 = height_per_cycle·kT / batch_size, see :meth:`hill_height`).
     ``grid_points`` / ``grid_min`` / ``grid_max``: ``None`` means aligned to the CV's attainable
     values and spanning the CV range; scalars apply to every dimension; lists give one value per
-    dimension (checked against the CV by :func:`validate_bias_grid`).
+    dimension (checked against the CV by :func:`validate_bias_grid`). ``edge_correction``
+    reflects hills at the CV edges (or, on an irregular 2-D domain the system names, scales
+    them on its attainable nodes), so that the bias F is exact at the edges (pipeline/bias.py).
     """
 
     gamma: float = 10.0
@@ -187,6 +189,7 @@ class BiasConfig:
     grid_points: int | tuple[int, ...] | None = None
     grid_min: float | tuple[float, ...] | None = None
     grid_max: float | tuple[float, ...] | None = None
+    edge_correction: bool = True
 
     def hill_height(self, kT: float, hills_per_cycle: int) -> float:
         """Initial height h0 of one hill in energy units: height_per_cycle·kT / hills_per_cycle."""
@@ -456,6 +459,7 @@ def _parse_bias(raw: Mapping) -> BiasConfig:
         ),
         grid_min=float_or_list(s.get("grid_min"), "bias.grid_min", allow_none=True, example="`grid_min: -1.0`"),
         grid_max=float_or_list(s.get("grid_max"), "bias.grid_max", allow_none=True, example="`grid_max: 1.0`"),
+        edge_correction=check_bool(s.get("edge_correction", d.edge_correction), "bias.edge_correction"),
     )
     # Consistency that does not need the CV: list lengths agree, min < max.
     lengths = {

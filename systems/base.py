@@ -178,6 +178,12 @@ class LatticeSystem(abc.ABC):
         """Per-sample observables. x int ``(B, D)`` -> dict name -> float64 ``(B,)``."""
         return self._observables(self._check(x))
 
+    def attainable_cv(self) -> np.ndarray | None:
+        """Every CV value some configuration has, float64 ``(K, cv_spec.dim)``, for a CV whose
+        attainable values are not the whole grid of ``cv_spec`` (an irregular 2-D domain, which
+        the bias's edge correction then respects); None when they are, or when unknown."""
+        return None
+
     @abc.abstractmethod
     def to_config(self) -> dict:
         """Parameters that rebuild this system: ``make_system(**system.to_config())``."""

@@ -99,13 +99,27 @@ class PottsModel(LatticeSystem):
 
     def _cv(self, x):
         counts = self._counts(x, self.q)
-        D = self.n_sites
         if self.q == 3:
-            # Built from integer counts so that equal counts give bit-identical CVs.
-            p1 = (3 * counts[:, 0] - D).to(torch.float64) / (2 * D)
-            p2 = (_SQRT3 / 2) * (counts[:, 1] - counts[:, 2]).to(torch.float64) / D
-            return torch.stack([p1, p2], dim=1)
-        return (counts[:, 0].to(torch.float64) / D)[:, None]
+            return self._triangle_point(counts)
+        return (counts[:, 0].to(torch.float64) / self.n_sites)[:, None]
+
+    def attainable_cv(self) -> np.ndarray | None:
+        """For q = 3 the (p1, p2) of every composition (n0, n1, n2), n0 + n1 + n2 = D: the nodes
+        of the triangle, float64 ((D+1)(D+2)/2, 2), computed as :meth:`cv` computes them."""
+        if self.q != 3:
+            return None
+        D = self.n_sites
+        n0, n1 = np.nonzero(np.add.outer(np.arange(D + 1), np.arange(D + 1)) <= D)
+        counts = torch.from_numpy(np.stack([n0, n1, D - n0 - n1], axis=1))
+        return self._triangle_point(counts).numpy()
+
+    def _triangle_point(self, counts: torch.Tensor) -> torch.Tensor:
+        """(p1, p2) float64 (B, 2) of q = 3 state counts int (B, 3), built from the integer
+        counts so that equal counts give bit-identical CVs."""
+        D = self.n_sites
+        p1 = (3 * counts[:, 0] - D).to(torch.float64) / (2 * D)
+        p2 = (_SQRT3 / 2) * (counts[:, 1] - counts[:, 2]).to(torch.float64) / D
+        return torch.stack([p1, p2], dim=1)
 
     def _observables(self, x):
         concentrations = self._counts(x, self.q).to(torch.float64) / self.n_sites
