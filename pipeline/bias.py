@@ -465,11 +465,17 @@ class WellTemperedGridBias:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore V, counters and hills from ``state_dict()`` output.
 
-        The grid (lower, upper, grid_points), sigma, gamma and kT must match this bias, otherwise
-        ValueError. hill_height may differ (a restart may change h0; new hills use this bias's h0).
+        The grid (lower, upper, grid_points), sigma, gamma, kT and the edge correction must match
+        this bias, otherwise ValueError. hill_height may differ (a restart may change h0; new hills
+        use this bias's h0). A state saved before the edge correction existed continues with
+        hills cut off at the edges, as it was deposited (said on the console).
         """
         if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
             raise ValueError(f"state must be a dict produced by WellTemperedGridBias.state_dict() (format {_STATE_FORMAT!r})")
+        if "edge_correction" not in state["settings"] and self.edge_correction:
+            print("NOTE: this bias was saved before the edge correction existed; it continues with hills cut off "
+                  "at the CV edges (start the run afresh for an exact F at the edges)", flush=True)
+            self.edge_correction, self.attainable_mask, self._edge_scale = False, None, None
         problems = self._incompatible_settings(state["settings"])
         if problems:
             raise ValueError("state is incompatible with this bias (build the bias with the saved settings, e.g. "

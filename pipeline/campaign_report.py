@@ -295,11 +295,13 @@ def _conditional_lro(run: RunFolder, system, grid: np.ndarray) -> np.ndarray:
             or not samples_path.exists():
         return np.full(grid.shape, np.nan)
     fraction = f"cv_{system.fraction_name}"
-    table = pq.read_table(samples_path, columns=["configuration", fraction, "log_w_likelihood", "log_w_bias"])
+    table = pq.read_table(samples_path, columns=["configuration", "energy", fraction, "log_w_likelihood", "log_w_bias"])
     configurations = table.column("configuration").combine_chunks()
     x = torch.from_numpy(configurations.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
                          .reshape(len(configurations), -1))
-    eta = np.concatenate([system.observables(chunk)["long_range_order"].numpy() for chunk in x.split(8192)])
+    energy = torch.from_numpy(table.column("energy").to_numpy())   # stored: the backend is not called again
+    eta = np.concatenate([system.observables(chunk, chunk_energy)["long_range_order"].numpy()
+                          for chunk, chunk_energy in zip(x.split(8192), energy.split(8192))])
     log_w = table.column("log_w_likelihood").to_numpy()
     if not np.isfinite(log_w).any():
         log_w = table.column("log_w_bias").to_numpy()

@@ -8,6 +8,7 @@ and hand them here, so a run folder looks the same whichever method made it.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -19,7 +20,30 @@ from pipeline.devices import device_report, device_usage
 from pipeline.outputs import fes_table, observables_table, samples_table, write_parquet
 from pipeline.reference_data import cv_bin_edges
 
-__all__ = ["observable_row", "cost_rows", "write_run_outputs", "write_samples", "run_summary"]
+__all__ = ["EnergyCost", "observable_row", "cost_rows", "write_run_outputs", "write_samples", "run_summary"]
+
+
+@dataclass(frozen=True)
+class EnergyCost:
+    """Energies a run computed: ``full`` whole-configuration energies (sampler proposals,
+    training batches, final samples, chain starts) and ``local`` single-site energy changes
+    (Metropolis trials). ``total`` counts each local change as one evaluation, as it costs
+    with an energy model that has no cheap ΔE (an MLFF whose receptive field spans the cell)."""
+
+    full: int
+    local: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.full + self.local
+
+    def __add__(self, other: "EnergyCost") -> "EnergyCost":
+        return EnergyCost(self.full + other.full, self.local + other.local)
+
+    def figures(self) -> dict[str, int]:
+        """summary.json keys: energy_evaluations (total), full_energy_evaluations, local_energy_changes."""
+        return {"energy_evaluations": self.total, "full_energy_evaluations": self.full,
+                "local_energy_changes": self.local}
 
 
 def observable_row(ctx, estimator: str, observable: str, unit: str, value, stderr, ess, n,
@@ -33,9 +57,11 @@ def observable_row(ctx, estimator: str, observable: str, unit: str, value, stder
             "n_samples": int(n)}
 
 
-def cost_rows(ctx, n, energy_evaluations, hills, training_s, generation_s) -> list[dict]:
-    """The ``cost`` rows: energy evaluations, bias depositions, training and generation seconds."""
-    return [observable_row(ctx, "cost", "energy_evaluations", "count", energy_evaluations, math.nan, math.nan, n),
+def cost_rows(ctx, n, cost: EnergyCost, hills, training_s, generation_s) -> list[dict]:
+    """The ``cost`` rows: energy evaluations (:class:`EnergyCost`: total, full and local),
+    bias depositions, training and generation seconds."""
+    return [*(observable_row(ctx, "cost", name, "count", count, math.nan, math.nan, n)
+              for name, count in cost.figures().items()),
             observable_row(ctx, "cost", "bias_depositions", "hills", hills, math.nan, math.nan, n),
             observable_row(ctx, "cost", "training_wall_time", "s", training_s, math.nan, math.nan, n),
             observable_row(ctx, "cost", "generation_wall_time", "s", generation_s, math.nan, math.nan, n)]

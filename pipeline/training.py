@@ -55,7 +55,8 @@ class CVStratifiedReplayBuffer:
     """Past samples kept evenly across CV strata (a training heuristic only).
 
     Samples came from older models, so their weights are not exact importance weights:
-    never use the buffer for estimates (docs/method.md §5).
+    never use the buffer for estimates (docs/method.md §5). Their energies are stored with
+    them, so replaying a sample costs no energy evaluation.
     """
 
     def __init__(self, capacity: int):
@@ -64,23 +65,27 @@ class CVStratifiedReplayBuffer:
         self.capacity = capacity
         self.x = torch.empty(0, 0, dtype=torch.int64)
         self.log_q = torch.empty(0, dtype=torch.float64)
+        self.energy = torch.empty(0, dtype=torch.float64)
         self.stratum = torch.empty(0, dtype=torch.int64)
 
     def __len__(self) -> int:
         return int(self.log_q.shape[0])
 
-    def add(self, x: torch.Tensor, log_q: torch.Tensor, stratum: torch.Tensor) -> None:
-        """Append samples (x int64 (B,D), log q (B,), CV stratum id (B,)); keep ≤ capacity.
+    def add(self, x: torch.Tensor, log_q: torch.Tensor, energy: torch.Tensor, stratum: torch.Tensor) -> None:
+        """Append samples (x int64 (B,D), log q (B,), energy float64 (B,), CV stratum id (B,));
+        keep ≤ capacity.
 
         Eviction keeps the newest samples of each stratum, with the largest per-stratum
         quota c such that Σ_s min(count_s, c) ≤ capacity.
         """
+        energy = energy.to(torch.float64)
         if len(self) == 0:
             self.x = x.clone()
-            self.log_q, self.stratum = log_q.clone(), stratum.clone()
+            self.log_q, self.energy, self.stratum = log_q.clone(), energy.clone(), stratum.clone()
         else:
             self.x = torch.cat([self.x, x])
             self.log_q = torch.cat([self.log_q, log_q])
+            self.energy = torch.cat([self.energy, energy])
             self.stratum = torch.cat([self.stratum, stratum])
         if len(self) <= self.capacity:
             return
@@ -94,7 +99,7 @@ class CVStratifiedReplayBuffer:
         starts = torch.cumsum(counts, 0) - counts
         rank = torch.arange(len(self)) - starts[sorted_strata]
         keep = torch.sort(sorted_idx[rank < quota]).values
-        self.x, self.log_q, self.stratum = self.x[keep], self.log_q[keep], self.stratum[keep]
+        self.x, self.log_q, self.energy, self.stratum = self.x[keep], self.log_q[keep], self.energy[keep], self.stratum[keep]
 
     def _largest_quota(self, counts: torch.Tensor) -> int:
         low, high = 0, int(counts.max())
@@ -106,18 +111,28 @@ class CVStratifiedReplayBuffer:
                 high = mid - 1
         return low
 
-    def draw(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """n samples uniformly with replacement: (x (n,D), log q at generation (n,)).
+    def draw(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """n samples uniformly with replacement: (x (n,D), log q at generation (n,), energy (n,)).
         The indices are drawn on the generator's device (the training device)."""
         idx = torch.randint(len(self), (n,), generator=generator, device=generator.device).cpu()
-        return self.x[idx], self.log_q[idx]
+        return self.x[idx], self.log_q[idx], self.energy[idx]
 
     def state_dict(self) -> dict:
-        return {"capacity": self.capacity, "x": self.x, "log_q": self.log_q, "stratum": self.stratum}
+        return {"capacity": self.capacity, "x": self.x, "log_q": self.log_q, "energy": self.energy,
+                "stratum": self.stratum}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, energy_fn=None) -> int:
+        """Restore the buffer; a checkpoint written before energies were stored has them
+        recomputed with ``energy_fn``. Returns the number of energies that cost."""
         self.capacity = int(state["capacity"])
         self.x, self.log_q, self.stratum = state["x"], state["log_q"], state["stratum"]
+        if "energy" in state:
+            self.energy = state["energy"]
+            return 0
+        if energy_fn is None:
+            raise ValueError("this replay buffer was saved without energies: pass energy_fn to recompute them")
+        self.energy = energy_fn(self.x).to(torch.float64) if len(self) else torch.empty(0, dtype=torch.float64)
+        return len(self)
 
 
 class CVRangeSeen:
@@ -283,14 +298,13 @@ class DualLoopTrainer:
         fresh_ess_fraction = kish_ess(log_w.numpy()) / s.batch_size
         if self.replay is not None:
             if len(self.replay) > 0:
-                old_x, old_log_q = self.replay.draw(s.batch_size, self.generator)
+                old_x, old_log_q, old_energy = self.replay.draw(s.batch_size, self.generator)
                 old_cv = self.system.cv(old_x)
-                old_log_w = self._log_weights(self.energy_fn(old_x),
-                                              self._bias_energy(old_cv, bias_on), old_log_q, beta)
+                old_log_w = self._log_weights(old_energy, self._bias_energy(old_cv, bias_on), old_log_q, beta)
                 train_x = torch.cat([fresh.x, old_x])
                 train_log_q = torch.cat([fresh.log_q, old_log_q])
                 log_w = torch.cat([log_w, old_log_w])
-            self.replay.add(fresh.x, fresh.log_q, self._cv_strata(cv))
+            self.replay.add(fresh.x, fresh.log_q, energy, self._cv_strata(cv))
 
         mean_loss = self.train_on(train_x, log_w, train_log_q)
 
@@ -381,7 +395,7 @@ class DualLoopTrainer:
         if self.bias is not None:
             self.bias.load_state_dict(state["bias"])
         if self.replay is not None and state["replay"] is not None:
-            self.replay.load_state_dict(state["replay"])
+            self.energy_evaluations += self.replay.load_state_dict(state["replay"], self.energy_fn)
         self._cv_seen.load(state["cv_seen"])
         self.history = [IterationRecord(**r) for r in state["history"]]
 

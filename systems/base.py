@@ -174,9 +174,18 @@ class LatticeSystem(abc.ABC):
         """Collective variable. x int ``(B, D)`` -> float64 ``(B, cv_spec.dim)``."""
         return self._cv(self._check(x))
 
-    def observables(self, x) -> dict[str, torch.Tensor]:
-        """Per-sample observables. x int ``(B, D)`` -> dict name -> float64 ``(B,)``."""
-        return self._observables(self._check(x))
+    def observables(self, x, energy=None) -> dict[str, torch.Tensor]:
+        """Per-sample observables. x int ``(B, D)`` -> dict name -> float64 ``(B,)``.
+
+        ``energy`` float64 ``(B,)``: the energies of x when the caller has them already
+        (they are used as given, and the energy backend is not called again)."""
+        x = self._check(x)
+        if energy is None:
+            energy = self._energy(x)
+        energy = torch.as_tensor(energy, dtype=torch.float64, device=x.device)
+        if energy.shape != (x.shape[0],):
+            raise ValueError(f"energy must have one value per configuration, shape ({x.shape[0]},), got {tuple(energy.shape)}")
+        return self._observables(x, energy)
 
     def attainable_cv(self) -> np.ndarray | None:
         """Every CV value some configuration has, float64 ``(K, cv_spec.dim)``, for a CV whose
@@ -203,7 +212,7 @@ class LatticeSystem(abc.ABC):
     def _cv(self, x: torch.Tensor) -> torch.Tensor: ...
 
     @abc.abstractmethod
-    def _observables(self, x: torch.Tensor) -> dict[str, torch.Tensor]: ...
+    def _observables(self, x: torch.Tensor, energy: torch.Tensor) -> dict[str, torch.Tensor]: ...
 
     # ------------------------------------------------------------- helpers
     def _check(self, x) -> torch.Tensor:

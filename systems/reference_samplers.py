@@ -7,9 +7,10 @@
 
 Random numbers come from an explicit ``generator``: a ``torch.Generator`` or a
 ``numpy.random.Generator``; nothing touches global random state.
-Cost accounting: every single-site Metropolis trial costs one energy evaluation (one
-``energy_change`` call per chain); a Swendsen–Wang sweep costs no energy evaluations in that
-sense and is reported in sweeps.
+Cost accounting: every single-site Metropolis trial costs one local energy change (one
+``energy_change`` call per chain); the chains' energies are kept up to date from those, so
+only the starting states cost a full energy each. A Swendsen–Wang sweep computes no energy
+and is reported in sweeps.
 """
 
 from __future__ import annotations
@@ -160,15 +161,20 @@ def swendsen_wang(
 # ----------------------------------------------------------------------- Metropolis
 @dataclass(frozen=True, eq=False)
 class MetropolisResult:
-    """states: int8 ``(n_recorded, n_chains, D)`` after every ``thin``-th sweep;
-    final_state: int8 ``(n_chains, D)``; acceptance_rate: accepted / trials;
-    n_energy_evaluations: trial steps summed over chains (one energy change each);
-    n_sweeps: sweeps done (a sweep = D trials per chain)."""
+    """states: int8 ``(n_recorded, n_chains, D)`` after every ``thin``-th sweep, with their
+    energies float64 ``(n_recorded, n_chains)`` (kept up to date from the accepted ΔE);
+    final_state: int8 ``(n_chains, D)`` and final_energy float64 ``(n_chains,)`` to continue
+    from; acceptance_rate: accepted / trials; n_energy_changes: trial steps summed over chains
+    (one local energy change each); n_full_energies: full energies computed (the starting
+    states, unless their energies were given); n_sweeps: sweeps done (D trials per chain)."""
 
     states: torch.Tensor
+    energies: torch.Tensor
     final_state: torch.Tensor
+    final_energy: torch.Tensor
     acceptance_rate: float
-    n_energy_evaluations: int
+    n_energy_changes: int
+    n_full_energies: int
     n_sweeps: int
 
 
@@ -241,13 +247,16 @@ def metropolis(
     bias_energy: BiasEnergy | None = None,
     thin: int = 1,
     progress: bool | None = False,
+    initial_energy=None,
 ) -> MetropolisResult:
     """Single-site Metropolis for ``n_chains`` independent chains (optionally CV-biased).
 
     A sweep is D trial steps per chain (see :func:`metropolis_step`). Samples
     exp(-beta E) or, with ``bias_energy``, exp(-beta [E + V(cv)]).
     beta: inverse temperature in 1/energy_unit. initial: int ``(n_chains, D)`` or None
-    (uniform random). thin: record every ``thin``-th sweep. progress: tqdm bar.
+    (uniform random); initial_energy: float64 ``(n_chains,)``, the energies of ``initial``
+    when known (e.g. a previous result's ``final_energy``), else computed. thin: record every
+    ``thin``-th sweep. progress: tqdm bar.
     """
     beta = _check_beta(beta)
     n_chains = _check_positive_int(n_chains, "n_chains")
@@ -257,15 +266,25 @@ def metropolis(
     if bias_energy is not None and not callable(bias_energy):
         raise ValueError("bias_energy must be None or a callable mapping CV values (B, d) to energies (B,)")
     x = _initial_states(system, n_chains, generator, initial)
+    if initial_energy is None:
+        energy, n_full = system.energy(x).to(torch.float64), n_chains
+    else:
+        energy, n_full = torch.as_tensor(initial_energy, dtype=torch.float64).clone(), 0
+        if energy.shape != (n_chains,):
+            raise ValueError(f"initial_energy must have shape ({n_chains},), got {tuple(energy.shape)}")
     D = system.n_sites
     recorded = torch.empty((n_sweeps // thin, n_chains, D), dtype=torch.int8)
+    recorded_energy = torch.empty((n_sweeps // thin, n_chains), dtype=torch.float64)
     n_accepted = torch.zeros((), dtype=torch.int64)
     disable = None if progress is None else not progress
     for sweep in tqdm(range(n_sweeps), desc="Metropolis", unit="sweep", disable=disable, leave=False):
         for _ in range(D):
-            x, accepted, _ = metropolis_trial(system, x, beta, generator, bias_energy)
+            x, accepted, delta_energy = metropolis_trial(system, x, beta, generator, bias_energy)
+            energy = torch.where(accepted.cpu(), energy + delta_energy.cpu().to(torch.float64), energy)
             n_accepted += accepted.sum().cpu()
         if (sweep + 1) % thin == 0:
             recorded[(sweep + 1) // thin - 1] = x
+            recorded_energy[(sweep + 1) // thin - 1] = energy
     n_trials = n_sweeps * D * n_chains
-    return MetropolisResult(recorded, x.clone(), int(n_accepted) / n_trials, n_trials, n_sweeps)
+    return MetropolisResult(recorded, recorded_energy, x.clone(), energy.clone(), int(n_accepted) / n_trials,
+                            n_trials, n_full, n_sweeps)

@@ -25,7 +25,7 @@ from pipeline.bias import WellTemperedGridBias
 from pipeline.build import build_bias
 from pipeline.estimators import fes_rmse
 from pipeline.reference_data import cv_bin_edges, histogram_inputs
-from pipeline.run_outputs import cost_rows, observable_row, run_summary, write_run_outputs, write_samples
+from pipeline.run_outputs import EnergyCost, cost_rows, observable_row, run_summary, write_run_outputs, write_samples
 from systems import reference_samplers
 
 
@@ -35,33 +35,39 @@ class ChainRecord:
 
     states: int8 (n_steps, n_chains, D); log_w: float64 (n_steps, n_chains), the log
     importance weight of each recorded state for the physical target (0 when the
-    chain samples it directly); cost counters for reports.
+    chain samples it directly); energies: float64 (n_steps, n_chains) of the recorded states
+    when the chain kept them, or None (then computed, and counted, by finish_chain_run);
+    cost counters for reports.
     """
 
     states: torch.Tensor
     log_w: np.ndarray
-    energy_evaluations: int
+    energies: np.ndarray | None
+    cost: EnergyCost
     hills: int
     wall_time_s: float
     fes_rmse_history: list[tuple[int, int, float]] | None = None  # (hills, energy evals, RMSE kT)
 
 
 def run_swendsen_wang(system, beta, n_chains, n_sweeps, burn_in, generator, progress=True) -> ChainRecord:
-    """Swendsen–Wang chains; cost is counted as D energy evaluations per sweep per chain."""
+    """Swendsen–Wang chains; a sweep computes no energy (finish_chain_run computes, and counts,
+    those of the recorded states)."""
     start = time.perf_counter()
     result = reference_samplers.swendsen_wang(system, beta, n_chains, n_sweeps, generator, progress=progress)
     kept = result.states[burn_in:]
-    return ChainRecord(kept, np.zeros(kept.shape[:2]), n_sweeps * n_chains * system.n_sites, 0,
-                       time.perf_counter() - start)
+    return ChainRecord(kept, np.zeros(kept.shape[:2]), None, EnergyCost(0), 0, time.perf_counter() - start)
 
 
 def run_metropolis(system, beta, n_chains, n_sweeps, burn_in, generator, progress=True) -> ChainRecord:
-    """Single-site Metropolis chains (one energy evaluation per trial flip)."""
+    """Single-site Metropolis chains (one local energy change per trial flip)."""
     start = time.perf_counter()
     result = reference_samplers.metropolis(system, beta, n_chains, n_sweeps, generator, progress=progress)
-    kept = result.states[burn_in:]
-    return ChainRecord(kept, np.zeros(kept.shape[:2]), result.n_energy_evaluations, 0,
-                       time.perf_counter() - start)
+    return ChainRecord(result.states[burn_in:], np.zeros((n_sweeps - burn_in, n_chains)),
+                       result.energies[burn_in:].numpy(), _metropolis_cost(result), 0, time.perf_counter() - start)
+
+
+def _metropolis_cost(result) -> EnergyCost:
+    return EnergyCost(result.n_full_energies, result.n_energy_changes)
 
 
 def run_mcmc_metadynamics(system, beta, bias: WellTemperedGridBias, n_chains, n_sweeps, burn_in,
@@ -75,26 +81,27 @@ def run_mcmc_metadynamics(system, beta, bias: WellTemperedGridBias, n_chains, n_
     ``reference_fes_kT`` (F on the bias grid, NaN where unknown) adds an RMSE history.
     """
     start = time.perf_counter()
-    state = None
-    evaluations = 0
+    state, energy = None, None
+    cost = EnergyCost(0)
     rmse_history = [] if reference_fes_kT is not None else None
     for _ in tqdm(range(n_sweeps // deposit_every), desc="MCMC WT-MetaD deposition", disable=not progress):
         segment = reference_samplers.metropolis(system, beta, n_chains, deposit_every, generator, initial=state,
-                             bias_energy=bias.value, thin=deposit_every)
-        state = segment.final_state
-        evaluations += segment.n_energy_evaluations
+                                                bias_energy=bias.value, thin=deposit_every, initial_energy=energy)
+        state, energy = segment.final_state, segment.final_energy
+        cost += _metropolis_cost(segment)
         bias.deposit(system.cv(state.long()).numpy())
         if rmse_history is not None:
             rmse, _ = fes_rmse(bias.free_energy(), reference_fes_kT)
-            rmse_history.append((bias.n_hills, evaluations, rmse))
+            rmse_history.append((bias.n_hills, cost.total, rmse))
 
     sampling = reference_samplers.metropolis(system, beta, n_chains, n_sweeps, generator, initial=state,
-                          bias_energy=bias.value, progress=progress)
-    evaluations += sampling.n_energy_evaluations
+                                             bias_energy=bias.value, progress=progress, initial_energy=energy)
+    cost += _metropolis_cost(sampling)
     states = sampling.states[burn_in:]
     cv = system.cv(states.reshape(-1, system.n_sites).long())
     log_w = (beta * bias.value(cv.numpy())).reshape(states.shape[:2])
-    return ChainRecord(states, log_w, evaluations, bias.n_hills, time.perf_counter() - start, rmse_history)
+    return ChainRecord(states, log_w, sampling.energies[burn_in:].numpy(), cost, bias.n_hills,
+                       time.perf_counter() - start, rmse_history)
 
 
 # ----------------------------------------------------------------------------- run entry points
@@ -136,16 +143,21 @@ def finish_chain_run(ctx, record: ChainRecord, bias, extra: dict | None = None) 
     system = ctx.system
     n_steps, n_chains, D = record.states.shape
     flat = record.states.reshape(-1, D).long()
-    energy = system.energy(flat).numpy()
+    cost = record.cost
+    if record.energies is None:
+        energy = (ctx.services.energy or system.energy)(flat).numpy()
+        cost += EnergyCost(len(energy))
+    else:
+        energy = record.energies.reshape(-1)
     cv = system.cv(flat).numpy()
-    observables = {k: v.numpy().reshape(n_steps, n_chains) for k, v in system.observables(flat).items()}
+    observables = {k: v.numpy().reshape(n_steps, n_chains) for k, v in system.observables(flat, energy).items()}
     n = n_steps * n_chains
     log_w = record.log_w
     rows = []
     for name, values in observables.items():
         mean, stderr = est.chain_weighted_mean_and_stderr(values, log_w)
         rows.append(observable_row(ctx, "mcmc", name, system.observable_units[name], mean, stderr, math.nan, n))
-    rows += cost_rows(ctx, n, record.energy_evaluations, record.hills, record.wall_time_s, 0.0)
+    rows += cost_rows(ctx, n, cost, record.hills, record.wall_time_s, 0.0)
 
     hist_values, hist_edges = histogram_inputs(system, cv, cv_bin_edges(system))
     e_site = energy / system.n_sites
@@ -165,8 +177,8 @@ def finish_chain_run(ctx, record: ChainRecord, bias, extra: dict | None = None) 
     extra = dict(extra or {})
     if record.fes_rmse_history:
         extra["fes_rmse_history"] = record.fes_rmse_history
-    return run_summary(ctx, [], n_samples=n, energy_evaluations=record.energy_evaluations,
-                       hills=record.hills, wall_time_s=record.wall_time_s, **extra)
+    return run_summary(ctx, [], n_samples=n, **cost.figures(), hills=record.hills,
+                       wall_time_s=record.wall_time_s, **extra)
 
 
 def chain_histogram(values, log_w, edges, n_steps, n_chains):

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from pipeline.build import build_bias, build_trainer
 from pipeline.methods.chains import ChainRecord, finish_chain_run
 from pipeline.neural_mcmc import BiasedTarget, global_move, local_moves, refresh_orders, start_chains
+from pipeline.run_outputs import EnergyCost
 
 __all__ = ["run", "round_trips"]
 
@@ -48,27 +49,29 @@ def run(ctx) -> dict:
     initial = torch.randint(system.n_states, (r.chains, system.n_sites), generator=generator,
                             device=generator.device).cpu()
     state = start_chains(initial, target, sampler, generator)
-    evaluations = r.chains
+    cost = EnergyCost(r.chains)   # the starting states
     no_weights = torch.zeros(r.chains, dtype=torch.float64)
     for _ in tqdm(range(config.training.outer_iterations), desc="metadns-mcmc adaptive", disable=not ctx.progress):
-        state, _, _, cost = _round(state, target, sampler, generator)
-        evaluations += cost
+        state, _, _, round_cost = _round(state, target, sampler, generator)
+        cost += round_cost
         bias.deposit(state.cv.numpy())
         trainer.train_on(state.x, no_weights, no_weights)
         state = replace(state, log_q=None)   # the sampler changed: log q of the states is stale
 
-    states, cvs, global_accepted, local_accepted = [], [], 0, 0
+    states, energies, cvs, global_accepted, local_accepted = [], [], [], 0, 0
     for step in tqdm(range(r.sweeps), desc="metadns-mcmc production", disable=not ctx.progress):
-        state, accepted, local, cost = _round(state, target, sampler, generator)
-        evaluations += cost
+        state, accepted, local, round_cost = _round(state, target, sampler, generator)
+        cost += round_cost
         if step >= r.burn_in:
             states.append(state.x.to(torch.int8))
+            energies.append(state.energy)
             cvs.append(state.cv)
             global_accepted += int(accepted.sum())
             local_accepted += local
     recorded, cv = torch.stack(states), torch.stack(cvs).numpy()     # (rounds, chains, D), (rounds, chains, d)
     log_w = (beta * bias.value(cv.reshape(-1, cv.shape[-1]))).reshape(recorded.shape[:2])
-    record = ChainRecord(recorded, log_w, evaluations, bias.n_hills, time.perf_counter() - start)
+    record = ChainRecord(recorded, log_w, torch.stack(energies).numpy(), cost, bias.n_hills,
+                         time.perf_counter() - start)
     kept_rounds = r.sweeps - r.burn_in
     trips = round_trips(cv[:, :, 0], system.cv_spec.lower[0], system.cv_spec.upper[0])
     extra = {"global_acceptance": global_accepted / (kept_rounds * r.chains),
@@ -79,12 +82,12 @@ def run(ctx) -> dict:
 
 def _round(state, target, sampler, generator):
     """One sweep of local moves, one global move, an order refresh; returns (state, global
-    accepted mask, local accepts, energy evaluations: one per local trial and per proposal)."""
+    accepted mask, local accepts, EnergyCost: a full energy per proposal, a local change per trial)."""
     n_chains, n_sites = state.x.shape
     state, local = local_moves(state, target, generator, n_sites)
     state, accepted = global_move(state, target, sampler, generator)
     state = refresh_orders(state, sampler, generator)
-    return state, accepted, local, n_chains * (n_sites + 1)
+    return state, accepted, local, EnergyCost(n_chains, n_chains * n_sites)
 
 
 def round_trips(cv: np.ndarray, lower: float, upper: float) -> np.ndarray:

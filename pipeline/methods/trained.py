@@ -25,7 +25,7 @@ from pipeline.callbacks import Checkpoint, EveryIteration, FesRmseHistory
 from pipeline.devices import device_usage
 from pipeline.reference_data import cv_bin_edges, histogram_inputs
 from pipeline.registry import METHODS, WEIGHTINGS
-from pipeline.run_outputs import cost_rows, observable_row, run_summary, write_run_outputs, write_samples
+from pipeline.run_outputs import EnergyCost, cost_rows, observable_row, run_summary, write_run_outputs, write_samples
 from pipeline.training import MultiWalkerTrainer, call_in_order, train
 
 LOW_ESS_FRACTION = 0.01
@@ -108,8 +108,9 @@ def _estimate_and_write(ctx, trainer, batch, energy_fn, generation_s: float, wit
                   for name, entry in WEIGHTINGS.items()}
     log_w_lik = weightings["likelihood"]
     log_w_biased_target = est.log_weights_biased_target(energy, bias_energy, log_q, spec.beta)
-    observables = {k: v.numpy() for k, v in system.observables(x).items()}
+    observables = {k: v.numpy() for k, v in system.observables(x, energy).items()}
     n = len(energy)
+    cost = EnergyCost(trainer.energy_evaluations + n)   # training batches and these final samples
 
     rows = []
     for estimator, log_w in weightings.items():
@@ -134,7 +135,7 @@ def _estimate_and_write(ctx, trainer, batch, energy_fn, generation_s: float, wit
         rows.append(observable_row(ctx, "mh", "acceptance_rate", "1", acceptance, math.nan, math.nan, n))
     history = trainer.history
     hills = bias.n_hills if bias is not None else 0
-    rows += cost_rows(ctx, n, trainer.energy_evaluations + n, hills, trainer.elapsed_s, generation_s)
+    rows += cost_rows(ctx, n, cost, hills, trainer.elapsed_s, generation_s)
 
     hist_values, hist_edges = histogram_inputs(system, cv, cv_bin_edges(system))
     histograms = {estimator: (est.weighted_histogram(hist_values, log_w, hist_edges),
@@ -165,8 +166,7 @@ def _estimate_and_write(ctx, trainer, batch, energy_fn, generation_s: float, wit
         extra["fes_rmse_history"] = [(r.n_hills, r.energy_evaluations, r.fes_rmse_kT) for r in history]
     return run_summary(ctx, _warnings(ess_fraction, coverage), **extra, ess_fraction=ess_fraction,
                        cv_coverage=coverage, mh_acceptance=acceptance, training_wall_time_s=trainer.elapsed_s,
-                       generation_wall_time_s=generation_s, n_samples=n,
-                       energy_evaluations=trainer.energy_evaluations + n, hills=hills)
+                       generation_wall_time_s=generation_s, n_samples=n, **cost.figures(), hills=hills)
 
 
 def _warnings(ess_fraction: float, coverage: float) -> list[str]:

@@ -178,8 +178,7 @@ class BinaryAlloy(LatticeSystem):
         disordered = 1.0 - m2
         return torch.where(disordered > 0, (pair - m2) / disordered.clamp_min(1e-300), torch.zeros_like(pair))
 
-    def _observables(self, x):
-        energy = self._energy(x)
+    def _observables(self, x, energy):
         n1 = x.sum(dim=1).to(torch.float64)
         out = {"energy_per_site": energy / self.n_sites,
                "formation_energy_per_atom": (energy + self.delta_mu * n1) / self.n_sites,

@@ -169,5 +169,8 @@ def test_old_states_keep_cut_off_hills():
     restored = WellTemperedGridBias.from_state_dict(state)
     assert restored.edge_correction is False
     corrected = WellTemperedGridBias(-1.0, 1.0, 17, 0.1, GAMMA, 1.0, 0.1, edge_correction=True)
+    corrected.load_state_dict(state)           # an old run resumes as it was deposited
+    assert corrected.edge_correction is False
+    corrected = WellTemperedGridBias(-1.0, 1.0, 17, 0.1, GAMMA, 1.0, 0.1, edge_correction=True)
     with pytest.raises(ValueError, match="edge_correction"):
-        corrected.load_state_dict(bias.state_dict())
+        corrected.load_state_dict(bias.state_dict())   # a new state's setting must match

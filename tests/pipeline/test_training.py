@@ -1,5 +1,6 @@
 """Unit tests of the dual loop's pieces: replay-buffer eviction, warm-start schedule, deposits."""
 
+import pytest
 import torch
 
 from pipeline.bias import WellTemperedGridBias
@@ -14,12 +15,25 @@ def test_replay_buffer_keeps_newest_samples_evenly_across_strata():
     # 8 samples of stratum 0 (ids 0..7), then 2 of stratum 1 (ids 8, 9) and 1 of stratum 2 (id 10).
     ids = torch.arange(11)
     strata = torch.tensor([0] * 8 + [1, 1, 2])
-    buffer.add(ids[:8, None], ids[:8].double(), strata[:8])
+    buffer.add(ids[:8, None], ids[:8].double(), -ids[:8].double(), strata[:8])
     assert len(buffer) == 6 and buffer.x[:, 0].tolist() == [2, 3, 4, 5, 6, 7]  # newest of stratum 0
-    buffer.add(ids[8:, None], ids[8:].double(), strata[8:])
+    buffer.add(ids[8:, None], ids[8:].double(), -ids[8:].double(), strata[8:])
     # quota c = 3: Σ min(count, 3) = 3 + 2 + 1 = 6 ≤ capacity; stratum 0 keeps its 3 newest.
     assert sorted(buffer.x[:, 0].tolist()) == [5, 6, 7, 8, 9, 10]
     assert torch.equal(buffer.log_q, buffer.x[:, 0].double())
+    assert torch.equal(buffer.energy, -buffer.x[:, 0].double())     # energies travel with their samples
+    x, log_q, energy = buffer.draw(20, torch.Generator().manual_seed(0))
+    assert torch.equal(energy, -x[:, 0].double()) and torch.equal(log_q, x[:, 0].double())
+
+
+def test_replay_buffer_from_an_old_checkpoint_recomputes_and_counts_its_energies():
+    buffer = CVStratifiedReplayBuffer(capacity=4)
+    old_state = {"capacity": 4, "x": torch.ones(3, 2, dtype=torch.int64), "log_q": torch.zeros(3),
+                 "stratum": torch.zeros(3, dtype=torch.int64)}
+    assert buffer.load_state_dict(old_state, energy_fn=lambda x: x.sum(dim=1).double()) == 3
+    assert buffer.energy.tolist() == [2.0, 2.0, 2.0]
+    with pytest.raises(ValueError, match="energy_fn"):
+        buffer.load_state_dict(old_state)
 
 
 def tiny_trainer(**kwargs):

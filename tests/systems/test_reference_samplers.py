@@ -101,8 +101,11 @@ def test_metropolis_ising_l4_matches_enumeration():
     system, beta = IsingModel(4, field=0.1), 0.4
     exact = exact_ensemble(system, beta).expectations()
     run = metropolis(system, beta, n_chains=256, n_sweeps=200, generator=torch.Generator().manual_seed(5))
-    assert run.n_energy_evaluations == 200 * 16 * 256
+    assert run.n_energy_changes == 200 * 16 * 256 and run.n_full_energies == 256
     assert 0.0 < run.acceptance_rate < 1.0
+    # energies kept up to date from the accepted ΔE are the energies of the recorded states
+    recomputed = system.energy(run.states.reshape(-1, 16)).reshape(run.energies.shape)
+    torch.testing.assert_close(run.energies, recomputed, rtol=0, atol=1e-9)
     for name, max_stderr in (("energy", 0.2), ("magnetisation", 0.04)):
         mean, stderr = chain_mean_and_stderr(observable_series(system, run.states, name, burn_in=50))
         assert_within_3_stderr(mean, stderr, exact[name], max_stderr)
@@ -182,12 +185,14 @@ def test_metropolis_step_acceptance_follows_energy_and_bias_signs():
 def test_metropolis_infinite_temperature_accepts_everything_and_continues():
     system = IsingModel(3)
     run = metropolis(system, 0.0, 4, 5, torch.Generator().manual_seed(10))
-    assert run.acceptance_rate == 1.0 and run.n_energy_evaluations == 5 * 9 * 4
+    assert run.acceptance_rate == 1.0 and run.n_energy_changes == 5 * 9 * 4
     g = torch.Generator().manual_seed(11)
     whole = metropolis(system, 0.5, 4, 6, torch.Generator().manual_seed(11))
     first = metropolis(system, 0.5, 4, 2, g)
-    second = metropolis(system, 0.5, 4, 4, g, initial=first.final_state)
+    second = metropolis(system, 0.5, 4, 4, g, initial=first.final_state, initial_energy=first.final_energy)
     assert torch.equal(torch.cat([first.states, second.states]), whole.states)
+    assert torch.equal(torch.cat([first.energies, second.energies]), whole.energies)
+    assert second.n_full_energies == 0
 
 
 def test_metropolis_rejects_bad_inputs():
