@@ -256,14 +256,18 @@ class SamplingConfig:
 
 @dataclass(frozen=True)
 class ReferenceConfig:
-    """MCMC references (sw, metropolis, mcmc-metad): parallel chains, sweeps per chain,
-    discarded burn-in sweeps (< sweeps), and sweeps between hills for mcmc-metad (each chain
-    deposits one hill)."""
+    """MCMC references (sw, metropolis, mcmc-metad) and metadns-mcmc: parallel chains, sweeps
+    (rounds) per chain, discarded burn-in sweeps (< sweeps), and sweeps between hills for
+    mcmc-metad (each chain deposits one hill). metadns-mcmc only, its production kernel:
+    ``local_sweeps`` sweeps of single-site moves per round (0: global moves only) and
+    ``global_moves`` (False: local moves only); the adaptive phase always makes both."""
 
     chains: int = 64
     sweeps: int = 2000
     burn_in: int = 200
     deposit_every: int = 1
+    local_sweeps: int = 1
+    global_moves: bool = True
 
 
 @dataclass(frozen=True)
@@ -537,7 +541,13 @@ def _parse_reference(raw: Mapping) -> ReferenceConfig:
         sweeps=check_int(s.get("sweeps", d.sweeps), "reference.sweeps", ge=1, example="`sweeps: 2000`"),
         burn_in=check_int(s.get("burn_in", d.burn_in), "reference.burn_in", ge=0, example="`burn_in: 200`"),
         deposit_every=check_int(s.get("deposit_every", d.deposit_every), "reference.deposit_every", ge=1),
+        local_sweeps=check_int(s.get("local_sweeps", d.local_sweeps), "reference.local_sweeps", ge=0),
+        global_moves=check_bool(s.get("global_moves", d.global_moves), "reference.global_moves"),
     )
+    if reference.local_sweeps == 0 and not reference.global_moves:
+        raise ConfigError("reference.global_moves",
+                          "with reference.local_sweeps: 0 the chains would never move; keep global_moves: true "
+                          "or give local_sweeps >= 1")
     if reference.sweeps - reference.burn_in < 2:
         raise ConfigError(
             "reference.burn_in",

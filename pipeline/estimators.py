@@ -50,6 +50,9 @@ __all__ = [
     "independence_metropolis_hastings",
     "integrated_autocorrelation_time",
     "mcmc_mean_and_stderr",
+    "chain_weighted_mean_and_stderr",
+    "split_rhat",
+    "chain_diagnostics",
 ]
 
 # Values this close to the outermost bin edges (relative to the edge span) are counted in
@@ -675,3 +678,38 @@ def chain_weighted_mean_and_stderr(values, log_w, window_factor: float = 5.0) ->
     mean = float((w * f).sum() / w.sum())
     _, stderr = mcmc_mean_and_stderr((w / w_mean) * (f - mean), window_factor)
     return mean, stderr
+
+
+def split_rhat(chains) -> float:
+    """Split-R̂ (Gelman et al., Bayesian Data Analysis, 3rd ed., §11.4) of chains
+    ``(n_steps, n_chains)``: each chain cut into halves, R̂ = sqrt(((n−1)/n·W + B/n) / W) with
+    W the mean within-half variance and B/n the variance of the half means. Near 1 when the
+    chains have mixed; above ~1.01–1.05 when chains started apart still disagree. NaN when no
+    half varies (R̂ undefined), or with fewer than 4 steps."""
+    x = _as_chains(chains, "chains")
+    half = x.shape[0] // 2
+    if half < 2:
+        return math.nan
+    halves = np.concatenate([x[:half], x[x.shape[0] - half:]], axis=1)     # (half, 2·n_chains)
+    within = halves.var(axis=0, ddof=1).mean()
+    between_over_n = halves.mean(axis=0).var(ddof=1)
+    if within <= 0:
+        return math.nan
+    return float(math.sqrt(((half - 1) / half * within + between_over_n) / within))
+
+
+def chain_diagnostics(values, log_w, window_factor: float = 5.0) -> dict[str, float]:
+    """Mixing figures of one observable over correlated, weighted chains (n_steps, n_chains):
+    ``ess`` = Var_π(f) / SE(f)² (Var_π the self-normalised weighted variance, SE from
+    :func:`chain_weighted_mean_and_stderr`), ``tau_int`` = n_steps·n_chains / ess in steps
+    (the autocorrelation time, inflated by the spread of the weights), and ``rhat``
+    (:func:`split_rhat` of f under the chains' own target). NaN where f never varies."""
+    f = _as_chains(values, "values")
+    lw = np.asarray(log_w, dtype=np.float64).reshape(f.shape)
+    mean, stderr = chain_weighted_mean_and_stderr(f, lw, window_factor)
+    w = np.exp(lw - lw.max())
+    variance = float((w * (f - mean) ** 2).sum() / w.sum())
+    if not (stderr > 0 and variance > 0):
+        return {"ess": math.nan, "tau_int": math.nan, "rhat": math.nan}
+    ess = variance / stderr ** 2
+    return {"ess": ess, "tau_int": f.size / ess, "rhat": split_rhat(f)}

@@ -138,8 +138,10 @@ def _generator(ctx) -> torch.Generator:
 
 
 def finish_chain_run(ctx, record: ChainRecord, bias, extra: dict | None = None) -> dict:
-    """Observables (chain-weighted, autocorrelation-aware errors), histograms, FES, samples,
-    HILLS and plots of a chain run; returns its summary (with ``extra`` entries added)."""
+    """Observables (chain-weighted, autocorrelation-aware errors; the ``ess`` column holds
+    ESS_f = Var_π(f)/SE²), histograms, FES, samples, HILLS and plots of a chain run; returns its
+    summary, with ``chain_diagnostics`` (ESS_f, τ_int, split-R̂ of the headline observables and
+    E/N) and the ``extra`` entries."""
     system = ctx.system
     n_steps, n_chains, D = record.states.shape
     flat = record.states.reshape(-1, D).long()
@@ -153,10 +155,13 @@ def finish_chain_run(ctx, record: ChainRecord, bias, extra: dict | None = None) 
     observables = {k: v.numpy().reshape(n_steps, n_chains) for k, v in system.observables(flat, energy).items()}
     n = n_steps * n_chains
     log_w = record.log_w
-    rows = []
+    rows, diagnostics = [], {}
     for name, values in observables.items():
         mean, stderr = est.chain_weighted_mean_and_stderr(values, log_w)
-        rows.append(observable_row(ctx, "mcmc", name, system.observable_units[name], mean, stderr, math.nan, n))
+        mixing = est.chain_diagnostics(values, log_w) if n_steps >= 4 else {"ess": math.nan}
+        if name in (*system.headline_observables, "energy_per_site"):
+            diagnostics[name] = mixing
+        rows.append(observable_row(ctx, "mcmc", name, system.observable_units[name], mean, stderr, mixing["ess"], n))
     rows += cost_rows(ctx, n, cost, record.hills, record.wall_time_s, 0.0)
 
     hist_values, hist_edges = histogram_inputs(system, cv, cv_bin_edges(system))
@@ -174,7 +179,7 @@ def finish_chain_run(ctx, record: ChainRecord, bias, extra: dict | None = None) 
     no_likelihood = np.full(n, np.nan)
     write_samples(ctx, record.states.reshape(-1, D).numpy(), None, energy, cv, no_likelihood, log_w.ravel(),
                   no_likelihood)
-    extra = dict(extra or {})
+    extra = {"chain_diagnostics": diagnostics, **(extra or {})}
     if record.fes_rmse_history:
         extra["fes_rmse_history"] = record.fes_rmse_history
     return run_summary(ctx, [], n_samples=n, **cost.figures(), hills=record.hills,

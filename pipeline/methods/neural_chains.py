@@ -1,9 +1,12 @@
 """``metadns-mcmc``: exact MCMC on the metadynamics-biased target, with the neural sampler as
 a global proposal, trained on the chains' own states (docs/method.md §10).
 
-``reference.chains`` chains run rounds of: one sweep of local moves (D single-site trials per
-chain under E + V), one independence proposal per chain from the EMA sampler, and an order
-refresh (pipeline/neural_mcmc.py).
+``reference.chains`` chains run rounds of: ``reference.local_sweeps`` sweeps of local moves
+(D single-site trials per chain per sweep under E + V), one independence proposal per chain
+from the EMA sampler, and an order refresh (pipeline/neural_mcmc.py); ``reference.global_moves:
+false`` leaves out the last two. These two keys choose the production kernel: the adaptive
+phase always makes both kinds of moves (at least one local sweep), so that the states the
+sampler learns from explore.
 
 * **Adaptive phase** (``training.outer_iterations`` rounds): after each round every chain
   deposits a well-tempered hill at its CV (h0 = h_cycle·kT / chains), and the sampler takes
@@ -15,8 +18,10 @@ refresh (pipeline/neural_mcmc.py).
 
 The summary adds the production acceptance rate of global proposals, the local acceptance
 rate and the number of round trips each chain makes across the CV range. A round trip runs from
-the lowest to the highest decile of the first CV's range and back. A run that is resumed or
-extended starts again from scratch; it writes no training checkpoint.
+the lowest to the highest decile of the first CV's range and back. The whole run state (chains,
+sampler, optimiser, bias, random generator, recorded states) is checkpointed every
+``training.checkpoint_every`` rounds, so an interrupted run resumed with ``--resume`` continues
+bitwise as if it had not stopped.
 """
 
 from __future__ import annotations
@@ -29,65 +34,146 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.build import build_bias, build_trainer
+from pipeline.callbacks import Checkpoint
 from pipeline.methods.chains import ChainRecord, finish_chain_run
-from pipeline.neural_mcmc import BiasedTarget, global_move, local_moves, refresh_orders, start_chains
+from pipeline.neural_mcmc import BiasedTarget, ChainState, global_move, local_moves, refresh_orders, start_chains
 from pipeline.run_outputs import EnergyCost
 
-__all__ = ["run", "round_trips"]
+__all__ = ["run", "NeuralChainRun", "round_trips"]
+
+_STATE_FORMAT = "metadns.NeuralChainRun/1"
 
 
 def run(ctx) -> dict:
-    """Adaptive rounds, then production; returns the run's summary."""
-    config, system, beta = ctx.config, ctx.system, ctx.spec.beta
-    r = config.reference
-    energy_fn = ctx.services.energy or system.energy
-    bias = build_bias(config, system, beta, r.chains)
-    trainer = build_trainer(config, ctx.spec, system, ctx.seed, energy_fn, None, ctx.device.device)
-    sampler, generator = trainer.ema_sampler, trainer.generator
-    target = BiasedTarget(system, beta, bias.value, energy_fn)
-    start = time.perf_counter()
-    initial = torch.randint(system.n_states, (r.chains, system.n_sites), generator=generator,
-                            device=generator.device).cpu()
-    state = start_chains(initial, target, sampler, generator)
-    cost = EnergyCost(r.chains)   # the starting states
-    no_weights = torch.zeros(r.chains, dtype=torch.float64)
-    for _ in tqdm(range(config.training.outer_iterations), desc="metadns-mcmc adaptive", disable=not ctx.progress):
-        state, _, _, round_cost = _round(state, target, sampler, generator)
-        cost += round_cost
-        bias.deposit(state.cv.numpy())
-        trainer.train_on(state.x, no_weights, no_weights)
-        state = replace(state, log_q=None)   # the sampler changed: log q of the states is stale
-
-    states, energies, cvs, global_accepted, local_accepted = [], [], [], 0, 0
-    for step in tqdm(range(r.sweeps), desc="metadns-mcmc production", disable=not ctx.progress):
-        state, accepted, local, round_cost = _round(state, target, sampler, generator)
-        cost += round_cost
-        if step >= r.burn_in:
-            states.append(state.x.to(torch.int8))
-            energies.append(state.energy)
-            cvs.append(state.cv)
-            global_accepted += int(accepted.sum())
-            local_accepted += local
-    recorded, cv = torch.stack(states), torch.stack(cvs).numpy()     # (rounds, chains, D), (rounds, chains, d)
-    log_w = (beta * bias.value(cv.reshape(-1, cv.shape[-1]))).reshape(recorded.shape[:2])
-    record = ChainRecord(recorded, log_w, torch.stack(energies).numpy(), cost, bias.n_hills,
-                         time.perf_counter() - start)
-    kept_rounds = r.sweeps - r.burn_in
-    trips = round_trips(cv[:, :, 0], system.cv_spec.lower[0], system.cv_spec.upper[0])
-    extra = {"global_acceptance": global_accepted / (kept_rounds * r.chains),
-             "local_acceptance": local_accepted / (kept_rounds * r.chains * system.n_sites),
-             "round_trips_per_chain": trips.tolist(), "mean_round_trips": float(trips.mean())}
-    return finish_chain_run(ctx, record, bias, extra)
+    """Adaptive rounds, then production (resumed from the run's checkpoint if there is one);
+    returns the run's summary."""
+    chains = NeuralChainRun(ctx)
+    checkpoint_path = ctx.run_dir / "checkpoints" / "checkpoint.pt"
+    if checkpoint_path.exists():
+        chains.load_state_dict(torch.load(checkpoint_path, weights_only=False, map_location="cpu"))
+    checkpoint = Checkpoint(checkpoint_path, ctx.config.training.checkpoint_every)
+    with tqdm(total=chains.total_rounds, initial=chains.iteration, desc="metadns-mcmc", unit="round",
+              disable=not ctx.progress) as bar:
+        while not chains.finished:
+            chains.step()
+            checkpoint(chains)
+            bar.set_postfix_str(chains.progress_line(), refresh=False)
+            bar.update()
+    return chains.finish()
 
 
-def _round(state, target, sampler, generator):
-    """One sweep of local moves, one global move, an order refresh; returns (state, global
-    accepted mask, local accepts, EnergyCost: a full energy per proposal, a local change per trial)."""
-    n_chains, n_sites = state.x.shape
-    state, local = local_moves(state, target, generator, n_sites)
-    state, accepted = global_move(state, target, sampler, generator)
-    state = refresh_orders(state, sampler, generator)
-    return state, accepted, local, EnergyCost(n_chains, n_chains * n_sites)
+class NeuralChainRun:
+    """The state of one ``metadns-mcmc`` run; :meth:`step` runs one round (adaptive, then
+    production), :meth:`state_dict` / :meth:`load_state_dict` checkpoint all of it.
+
+    ``iteration`` counts the rounds done (the Checkpoint callback's protocol, with ``finished``)."""
+
+    def __init__(self, ctx):
+        config, system, beta = ctx.config, ctx.system, ctx.spec.beta
+        self.ctx = ctx
+        self.n_chains = config.reference.chains
+        self.adaptive_rounds = config.training.outer_iterations
+        self.total_rounds = self.adaptive_rounds + config.reference.sweeps
+        self.burn_in = config.reference.burn_in
+        self.local_trials = config.reference.local_sweeps * system.n_sites   # per chain per round
+        self.global_moves = config.reference.global_moves
+        energy_fn = ctx.services.energy or system.energy
+        self.bias = build_bias(config, system, beta, self.n_chains)
+        self.trainer = build_trainer(config, ctx.spec, system, ctx.seed, energy_fn, None, ctx.device.device)
+        self.target = BiasedTarget(system, beta, self.bias.value, energy_fn)
+        generator = self.trainer.generator
+        initial = torch.randint(system.n_states, (self.n_chains, system.n_sites), generator=generator,
+                                device=generator.device).cpu()
+        self.state = start_chains(initial, self.target, self.trainer.ema_sampler, generator)
+        self.cost = EnergyCost(self.n_chains)   # the starting states
+        self.iteration = 0
+        self.global_accepted = self.local_accepted = 0
+        self.recorded: dict[str, list[torch.Tensor]] = {"x": [], "energy": [], "cv": []}
+        self.elapsed_s = 0.0
+
+    @property
+    def finished(self) -> bool:
+        return self.iteration >= self.total_rounds
+
+    def step(self) -> None:
+        """One round: local sweep, global move, order refresh; then in the adaptive phase a hill
+        per chain and ML steps on the chain states, in production the states recorded after
+        burn-in."""
+        start = time.perf_counter()
+        sampler, generator = self.trainer.ema_sampler, self.trainer.generator
+        adaptive = self.iteration < self.adaptive_rounds
+        local_trials = max(self.local_trials, self.state.x.shape[1]) if adaptive else self.local_trials
+        global_moves = adaptive or self.global_moves
+        state, local = local_moves(self.state, self.target, generator, local_trials)
+        accepted = torch.zeros(self.n_chains, dtype=torch.bool)
+        if global_moves:
+            state, accepted = global_move(state, self.target, sampler, generator)
+            state = refresh_orders(state, sampler, generator)
+        # a full energy per proposal, a ΔE per local trial
+        self.cost += EnergyCost(self.n_chains if global_moves else 0, self.n_chains * local_trials)
+        if adaptive:
+            self.bias.deposit(state.cv.numpy())
+            no_weights = torch.zeros(self.n_chains, dtype=torch.float64)
+            self.trainer.train_on(state.x, no_weights, no_weights)
+            state = replace(state, log_q=None)   # the sampler changed: log q of the states is stale
+        elif self.iteration - self.adaptive_rounds >= self.burn_in:
+            self.recorded["x"].append(state.x.to(torch.int8))
+            self.recorded["energy"].append(state.energy)
+            self.recorded["cv"].append(state.cv)
+            self.global_accepted += int(accepted.sum())
+            self.local_accepted += local
+        self.state = state
+        self.iteration += 1
+        self.elapsed_s += time.perf_counter() - start
+
+    def progress_line(self) -> str:
+        return f"max V {self.bias.values.max() * self.target.beta:.1f} kT"
+
+    def finish(self) -> dict:
+        """The production record through :func:`finish_chain_run`; returns the summary."""
+        system, beta = self.ctx.system, self.target.beta
+        recorded = torch.stack(self.recorded["x"])                      # (rounds, chains, D)
+        cv = torch.stack(self.recorded["cv"]).numpy()                   # (rounds, chains, d)
+        log_w = (beta * self.bias.value(cv.reshape(-1, cv.shape[-1]))).reshape(recorded.shape[:2])
+        record = ChainRecord(recorded, log_w, torch.stack(self.recorded["energy"]).numpy(), self.cost,
+                             self.bias.n_hills, self.elapsed_s)
+        kept = recorded.shape[0] * self.n_chains
+        trips = round_trips(cv[:, :, 0], system.cv_spec.lower[0], system.cv_spec.upper[0])
+        extra = {"global_acceptance": self.global_accepted / kept if self.global_moves else float("nan"),
+                 "local_acceptance": self.local_accepted / (kept * self.local_trials) if self.local_trials else float("nan"),
+                 "round_trips_per_chain": trips.tolist(), "mean_round_trips": float(trips.mean())}
+        return finish_chain_run(self.ctx, record, self.bias, extra)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        s = self.state
+        return {"format": _STATE_FORMAT, "iteration": self.iteration, "adaptive_rounds": self.adaptive_rounds,
+                "burn_in": self.burn_in, "trainer": self.trainer.state_dict(),
+                "bias": self.bias.state_dict(),
+                "chains": {"x": s.x, "order": s.order, "energy": s.energy, "cv": s.cv, "log_q": s.log_q},
+                "cost": (self.cost.full, self.cost.local), "accepted": (self.global_accepted, self.local_accepted),
+                "recorded": {k: torch.stack(v) if v else None for k, v in self.recorded.items()},
+                "elapsed_s": self.elapsed_s}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("format") != _STATE_FORMAT:
+            raise ValueError("this checkpoint was not written by a metadns-mcmc run of this version; "
+                             "start the run afresh (delete its folder or run without --resume)")
+        if state["chains"]["x"].shape[0] != self.n_chains:
+            raise ValueError(f"checkpoint holds {state['chains']['x'].shape[0]} chains, this run has "
+                             f"reference.chains = {self.n_chains}; resume with the same reference.chains")
+        self.iteration = int(state["iteration"])
+        phases = (state["adaptive_rounds"], state["burn_in"])
+        if phases != (self.adaptive_rounds, self.burn_in) and self.iteration > min(phases[0], self.adaptive_rounds):
+            raise ValueError(f"this run left its adaptive phase with training.outer_iterations = {phases[0]} and "
+                             f"reference.burn_in = {phases[1]}; resume it with those (reference.sweeps may grow)")
+        self.trainer.load_state_dict(state["trainer"])
+        self.bias.load_state_dict(state["bias"])
+        self.state = ChainState(**state["chains"])
+        self.cost = EnergyCost(*state["cost"])
+        self.global_accepted, self.local_accepted = state["accepted"]
+        self.recorded = {k: list(v) if v is not None else [] for k, v in state["recorded"].items()}
+        self.elapsed_s = float(state["elapsed_s"])
 
 
 def round_trips(cv: np.ndarray, lower: float, upper: float) -> np.ndarray:

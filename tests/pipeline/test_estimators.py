@@ -519,3 +519,18 @@ def test_every_registered_weighting_takes_its_declared_inputs_and_is_exact_where
         assert tuple(inspect.signature(factory).parameters) == wanted, name
         log_w = factory(*(inputs[key] for key in wanted))
         assert log_w.dtype == np.float64 and log_w.shape == (50,) and expected[name](log_w), name
+
+
+def test_split_rhat_and_chain_diagnostics_of_known_chains():
+    """Independent N(0,1) draws: R̂ ≈ 1, ESS_f ≈ n, τ_int ≈ 1; an AR(1) chain with ρ = 0.9 has
+    τ_int = (1 + ρ)/(1 − ρ) = 19; chains stuck at different means give R̂ ≫ 1."""
+    rng = np.random.default_rng(0)
+    iid = rng.standard_normal((4000, 8))
+    figures = est.chain_diagnostics(iid, np.zeros(iid.shape))
+    assert abs(est.split_rhat(iid) - 1.0) < 0.01
+    assert abs(figures["ess"] / iid.size - 1.0) < 0.1 and abs(figures["tau_int"] - 1.0) < 0.1
+    ar = lfilter([1.0], [1.0, -0.9], rng.standard_normal((40000, 4)), axis=0)   # x_t = 0.9 x_{t-1} + ε_t
+    assert abs(est.chain_diagnostics(ar, np.zeros(ar.shape))["tau_int"] - 19.0) < 3.0
+    stuck = rng.standard_normal((1000, 4)) + np.array([0.0, 0.0, 3.0, 3.0])
+    assert est.split_rhat(stuck) > 1.5
+    assert np.isnan(est.split_rhat(np.ones((100, 3))))
