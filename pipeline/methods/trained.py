@@ -23,6 +23,7 @@ from pipeline import plots
 from pipeline.build import build_bias, build_trainer, build_walker, walker_seed
 from pipeline.callbacks import Checkpoint, EveryIteration, FesRmseHistory
 from pipeline.devices import device_usage
+from pipeline.methods.delta_mu import delta_mu_scan
 from pipeline.reference_data import cv_bin_edges, histogram_inputs
 from pipeline.registry import METHODS, WEIGHTINGS
 from pipeline.run_outputs import EnergyCost, cost_rows, observable_row, run_summary, write_run_outputs, write_samples
@@ -144,7 +145,8 @@ def _estimate_and_write(ctx, trainer, batch, energy_fn, generation_s: float, wit
                   for estimator, log_w in weightings.items()}
     fes_samples = est.fes_from_samples(hist_values, log_w_lik, hist_edges)
     fes_bias = bias.free_energy() if bias is not None else None
-    scan = _delta_mu_scan(ctx, observables, log_w_lik, x, cv, hist_values, hist_edges)
+    scan = delta_mu_scan(ctx, "likelihood", observables, log_w_lik, x.sum(dim=1).numpy().astype(np.float64), cv,
+                         hist_values, hist_edges, _independent_mean, est.fes_from_samples)
     rows += scan["rows"]
 
     ctx.metadata.update(device_usage(ctx.device.device))
@@ -169,6 +171,11 @@ def _estimate_and_write(ctx, trainer, batch, energy_fn, generation_s: float, wit
                        generation_wall_time_s=generation_s, n_samples=n, **cost.figures(), hills=hills)
 
 
+def _independent_mean(values, log_w):
+    """Weighted mean, SE and Kish ESS of independent samples."""
+    return (*est.weighted_mean_and_stderr(values, log_w), est.kish_ess(log_w))
+
+
 def _warnings(ess_fraction: float, coverage: float) -> list[str]:
     warnings = []
     if ess_fraction < LOW_ESS_FRACTION:
@@ -178,40 +185,3 @@ def _warnings(ess_fraction: float, coverage: float) -> list[str]:
         warnings.append(f"fresh samples spanned only {coverage:.0%} of the CV range during training: "
                         "the sampler may have missed a mode (ESS alone does not reveal mode collapse)")
     return warnings
-
-
-def _delta_mu_scan(ctx, observables, log_w, x, cv, hist_values, hist_edges) -> dict:
-    """Reweight likelihood-weighted samples to each Δμ of ``sampling.delta_mu_grid``
-    (systems with a composition observable, i.e. alloys).
-
-    log w_Δμ' = log w + β(Δμ' − Δμ_run)·N₁ (docs/method.md §6).  Returns ``rows`` (observables
-    at each Δμ' other than the run's, ``energy_per_site`` left out since E_Δμ depends on Δμ)
-    and ``fes``: Δμ' → (F, stderr) on the run's CV grid; writes ``delta_mu_scan.png``.
-    """
-    grid = ctx.config.sampling.delta_mu_grid
-    if not grid:
-        return {"rows": [], "fes": {}}
-    system, beta = ctx.system, ctx.spec.beta
-    fraction_name = system.composition_observable
-    n_solute = x.sum(dim=1).numpy().astype(np.float64)
-    run_delta_mu = system.chemical_potential
-    rows, fes, fraction, fraction_err, composition_fes = [], {}, [], [], {}
-    fraction_edges = cv_bin_edges(system)[0]
-    for delta_mu in grid:
-        shifted = est.reweight_chemical_potential(log_w, n_solute, beta, run_delta_mu, delta_mu)
-        ess = est.kish_ess(shifted)
-        for name, values in observables.items():
-            mean, stderr = est.weighted_mean_and_stderr(values, shifted)
-            if name == fraction_name:
-                fraction.append(mean)
-                fraction_err.append(stderr)
-            if name != "energy_per_site" and delta_mu != run_delta_mu:
-                rows.append(observable_row(ctx, "likelihood", name, system.observable_units[name], mean, stderr,
-                                           ess, len(values), delta_mu=delta_mu))
-        fes[delta_mu] = est.fes_from_samples(hist_values, shifted, hist_edges)
-        composition_fes[delta_mu] = est.fes_from_samples(cv[:, 0], shifted, fraction_edges)[0]
-    centres = 0.5 * (fraction_edges[1:] + fraction_edges[:-1])
-    plots.plot_delta_mu_scan(ctx.run_dir / "delta_mu_scan.png", np.asarray(grid), np.asarray(fraction),
-                             np.asarray(fraction_err), centres, composition_fes, fraction_name,
-                             title=f"{ctx.spec.run_name}: reweighted from Δμ = {run_delta_mu:g} eV")
-    return {"rows": rows, "fes": {d: f for d, f in fes.items() if d != run_delta_mu}}
