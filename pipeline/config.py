@@ -244,14 +244,18 @@ class SamplingConfig:
     """Fresh samples from the trained model: how many, in batches of ``batch_size``, and
     whether an independence Metropolis–Hastings pass is also reported.
 
-    ``delta_mu_grid`` (alloys only, eV): chemical-potential differences to which the trained
-    samplers' likelihood-weighted samples are reweighted (observables and F(s) per Δμ).
+    ``delta_mu_grid`` (alloys only, eV): chemical-potential differences to which the run's
+    samples are reweighted (observables and F(s) per Δμ). ``coverage_check_sweeps`` rounds of
+    ``coverage_check_chains`` exact chains on the frozen bias check a biased trained run for a
+    missed basin (pipeline/coverage_check.py); 0 sweeps turns the check off.
     """
 
     n_samples: int = 10000
     batch_size: int = 2000
     metropolis_hastings: bool = True
     delta_mu_grid: tuple[float, ...] = ()
+    coverage_check_sweeps: int = 500
+    coverage_check_chains: int = 32
 
 
 @dataclass(frozen=True)
@@ -518,6 +522,11 @@ def _parse_sampling(raw: Mapping) -> SamplingConfig:
         batch_size=check_int(s.get("batch_size", d.batch_size), "sampling.batch_size", ge=1, example="`batch_size: 2000`"),
         metropolis_hastings=check_bool(s.get("metropolis_hastings", d.metropolis_hastings), "sampling.metropolis_hastings"),
         delta_mu_grid=_delta_mu_grid(s.get("delta_mu_grid", d.delta_mu_grid)),
+        coverage_check_sweeps=check_int(s.get("coverage_check_sweeps", d.coverage_check_sweeps),
+                                        "sampling.coverage_check_sweeps", ge=0,
+                                        example="`coverage_check_sweeps: 500` (0 turns the check off)"),
+        coverage_check_chains=check_int(s.get("coverage_check_chains", d.coverage_check_chains),
+                                        "sampling.coverage_check_chains", ge=2, example="`coverage_check_chains: 32`"),
     )
 
 

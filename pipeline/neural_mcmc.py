@@ -82,9 +82,10 @@ def log_acceptance(log_pi_current: torch.Tensor, log_q_current: torch.Tensor, lo
 
 
 def start_chains(x: torch.Tensor, target: BiasedTarget, sampler, generator: torch.Generator) -> ChainState:
-    """Chains at configurations x int ``(C, D)`` with orders drawn from u (on the CPU)."""
+    """Chains at configurations x int ``(C, D)`` with orders drawn from u (on the CPU); a
+    ``sampler`` None gives chains for local moves only (no order)."""
     x = x.to(torch.int64).cpu()
-    order = sampler.random_order(x.shape[0], generator)
+    order = sampler.random_order(x.shape[0], generator) if sampler is not None else None
     order = order.cpu() if order is not None else None
     return ChainState(x, order, target.energy(x), target.system.cv(x).to(torch.float64))
 

@@ -75,8 +75,12 @@ class IsingModel(LatticeSystem):
         spacing = 4.0 * abs(self.J) / self.n_sites if self.J != 0 else 2.0 * max(abs(self.field), 1.0) / self.n_sites
         half_range = bonds_per_site * abs(self.J) + abs(self.field)
         k_max = int(np.ceil(half_range / spacing - 1e-9))
-        centres = spacing * np.arange(-k_max, k_max + 1) + (0.0 if self.J == 0 else
-                                                            (-bonds_per_site * self.J) % spacing)
+        # offset of the lattice of E/N values from 0, with a tolerance so that −cJ/spacing within
+        # rounding of an integer gives 0 (a plain float % gave a whole spacing at L = 6)
+        steps = 0.0 if self.J == 0 else -bonds_per_site * self.J / spacing
+        offset = (steps - np.floor(steps + 1e-9)) * spacing
+        offset = 0.0 if offset < 1e-9 * spacing else offset
+        centres = spacing * np.arange(-k_max, k_max + 1) + offset
         return np.concatenate([centres - spacing / 2, centres[-1:] + spacing / 2])
 
     # ------------------------------------------------------------------ physics

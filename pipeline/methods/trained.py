@@ -22,12 +22,13 @@ from pipeline import estimators as est
 from pipeline import plots
 from pipeline.build import build_bias, build_trainer, build_walker, walker_seed
 from pipeline.callbacks import Checkpoint, EveryIteration, FesRmseHistory
+from pipeline.coverage_check import coverage_check, warning_of
 from pipeline.devices import device_usage
 from pipeline.methods.delta_mu import delta_mu_scan
 from pipeline.reference_data import cv_bin_edges, histogram_inputs
 from pipeline.registry import METHODS, WEIGHTINGS
 from pipeline.run_outputs import EnergyCost, cost_rows, observable_row, run_summary, write_run_outputs, write_samples
-from pipeline.training import MultiWalkerTrainer, call_in_order, train
+from pipeline.training import DualLoopTrainer, MultiWalkerTrainer, call_in_order, train
 
 LOW_ESS_FRACTION = 0.01
 LOW_COVERAGE = 0.9
@@ -136,6 +137,9 @@ def _estimate_and_write(ctx, trainer, batch, energy_fn, generation_s: float, wit
         rows.append(observable_row(ctx, "mh", "acceptance_rate", "1", acceptance, math.nan, math.nan, n))
     history = trainer.history
     hills = bias.n_hills if bias is not None else 0
+    check = _coverage_check(ctx, trainer, energy_fn, cv, log_w_lik)
+    if check is not None:
+        cost += EnergyCost(check["energy_evaluations"]["full"], check["energy_evaluations"]["local"])
     rows += cost_rows(ctx, n, cost, hills, trainer.elapsed_s, generation_s)
 
     hist_values, hist_edges = histogram_inputs(system, cv, cv_bin_edges(system))
@@ -166,9 +170,27 @@ def _estimate_and_write(ctx, trainer, batch, energy_fn, generation_s: float, wit
         extra["walker_devices"] = trainer.call(trainer.walkers, "device_name")
     if with_rmse:
         extra["fes_rmse_history"] = [(r.n_hills, r.energy_evaluations, r.fes_rmse_kT) for r in history]
-    return run_summary(ctx, _warnings(ess_fraction, coverage), **extra, ess_fraction=ess_fraction,
+    warnings = _warnings(ess_fraction, coverage)
+    if check is not None:
+        extra["coverage_check"] = check
+        warnings += [w for w in [warning_of(check, system.cv_spec.names)] if w]
+    return run_summary(ctx, warnings, **extra, ess_fraction=ess_fraction,
                        cv_coverage=coverage, mh_acceptance=acceptance, training_wall_time_s=trainer.elapsed_s,
                        generation_wall_time_s=generation_s, n_samples=n, **cost.figures(), hills=hills)
+
+
+def _coverage_check(ctx, trainer, energy_fn, cv, log_w) -> dict | None:
+    """The missing-basin check of a biased run (pipeline/coverage_check.py), or None when the
+    run has no bias or ``sampling.coverage_check_sweeps`` is 0."""
+    sampling = ctx.config.sampling
+    if trainer.bias is None or sampling.coverage_check_sweeps == 0:
+        return None
+    estimates = [est.weighted_mean_and_stderr(cv[:, k], log_w) for k in range(cv.shape[1])]
+    sampler = trainer.ema_sampler if isinstance(trainer, DualLoopTrainer) else None   # walker actors: local moves
+    return coverage_check(ctx.system, ctx.spec.beta, trainer.bias, sampler, energy_fn,
+                          np.array([m for m, _ in estimates]), np.array([e for _, e in estimates]),
+                          sampling.coverage_check_chains, sampling.coverage_check_sweeps,
+                          len(ctx.config.system.betas), ctx.seed + 7919)
 
 
 def _independent_mean(values, log_w):
