@@ -402,7 +402,12 @@ def test_observables_table_columns_and_values(finished_campaign, method):
     if method == "metadns":
         hills = TINY["training"]["outer_iterations"] * TINY["training"]["batch_size"]
         assert cost["bias_depositions"] == hills
-        assert cost["energy_evaluations"] == hills + n
+        # training batches and final samples, plus the coverage check's chains (32 chains, 500
+        # rounds: a start and a proposal per round each, and D local changes per round)
+        check_full, check_local = 32 * (1 + 500), 32 * 500 * D
+        assert cost["full_energy_evaluations"] == hills + n + check_full
+        assert cost["local_energy_changes"] == check_local
+        assert cost["energy_evaluations"] == hills + n + check_full + check_local
         assert set(obs.estimator) >= {"likelihood", "bias", "biased_target", "mh", "cost"}
         ess = obs[(obs.estimator == "likelihood") & (obs.observable == "energy_per_site")].ess.iloc[0]
         assert 1.0 <= ess <= n

@@ -173,3 +173,16 @@ def test_energy_bins_hold_every_attainable_energy(J, field):
         centres = 0.5 * (edges[1:] + edges[:-1])
         nearest = np.abs(np.unique(e_site)[:, None] - centres[None, :]).min(axis=1)
         assert nearest.max() < 1e-12
+
+
+@pytest.mark.parametrize("L", [3, 5, 6, 7, 8, 12, 16])
+def test_energy_bins_centre_the_ordered_and_single_flip_energies_at_every_size(L):
+    """The ground state (E/N = −2J) and one flipped spin (−2J + 8J/D) sit on bin centres; at
+    L = 6 a float modulo once shifted every bin by a whole spacing, leaving −2J outside."""
+    model = IsingModel(L)
+    edges = model.energy_per_site_bin_edges()
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    x = torch.zeros((2, L * L), dtype=torch.int64)
+    x[1, 0] = 1
+    e_site = (model.energy(x) / model.n_sites).numpy()
+    assert np.abs(e_site[:, None] - centres[None, :]).min(axis=1).max() < 1e-12
