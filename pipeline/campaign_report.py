@@ -329,7 +329,9 @@ def phase_diagram_points(runs: list[RunFolder], systems: dict) -> list[pd_.Phase
             points.append(pd_.PhasePoint(run.temperature, axis, free, run.delta_mu, n_sites, err, lro,
                                          info={"campaign": campaign, "temperature_tag": tag, "method": run.method,
                                                "fes_source": source, "cv": cv_names[0],
-                                               "run_warnings": len(run.summary.get("warnings", []))}))
+                                               "run_warnings": len(run.summary.get("warnings", [])),
+                                               "coverage_check": run.summary.get("coverage_check", {})
+                                               .get("verdict", "not run")}))
             break
         else:
             print(f"metadns report: no usable FES for {campaign} at {tag}: no phase-diagram row", file=sys.stderr)
@@ -412,7 +414,8 @@ def make_report(root: Path, progress: bool = True) -> Report:
         written.append(plots.plot_phase_diagram(
             root / "phase_diagram.png", phase.temperature, phase.kind, phase.x_left, phase.x_right,
             phase.phase_left, phase.phase_right, panel=phase.campaign, x_label=points[0].info["cv"],
-            title="common tangent of f(x); bars: one phase, tie-lines: two-phase"))
+            title="common tangent of f(x); bars: one phase, tie-lines: two-phase",
+            unreliable=phase.coverage_check.isin(["disagree", "inconclusive"])))
         hidden = ["cv", "n_sites", "n_unvisited"] + (["campaign"] if phase.campaign.nunique() == 1 else [])
         shown = phase.drop(columns=hidden)
         with pd.option_context("display.width", 200, "display.max_columns", None,

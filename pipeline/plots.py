@@ -264,14 +264,15 @@ def plot_observables_vs_temperature(path: str | Path, panels: Mapping[str, Mappi
 
 def plot_phase_diagram(path: str | Path, temperature: Any, kind: Sequence[str], x_left: Any, x_right: Any,
                        phase_left: Sequence[str], phase_right: Sequence[str], panel: Sequence[str] | None = None,
-                       x_label: str = "x", title: str = "") -> Path:
+                       x_label: str = "x", title: str = "", unreliable: Sequence[bool] | None = None) -> Path:
     """Temperature–composition phase diagram from a region table (one entry per region).
 
     Two-phase regions (``kind == "two_phase"``) are drawn as black tie-lines from x_left to
     x_right with end markers coloured by the coexisting phases' labels; one-phase regions as
     thick translucent bars coloured by their label (a single composition as a marker).
-    All inputs (R,); ``panel`` (R,) groups rows into side-by-side panels (e.g. campaigns).
-    Returns the path.
+    All inputs (R,); ``panel`` (R,) groups rows into side-by-side panels (e.g. campaigns);
+    ``unreliable`` (R,) marks the temperatures whose run failed its coverage check (a red
+    "unreliable" beside the row). The legend sits outside the axes. Returns the path.
     """
     path = _check_png_path(path)
     temperature = _vector(temperature, "temperature")
@@ -280,13 +281,15 @@ def plot_phase_diagram(path: str | Path, temperature: Any, kind: Sequence[str], 
     kind = np.asarray(kind, dtype=str)
     phase_left, phase_right = np.asarray(phase_left, dtype=str), np.asarray(phase_right, dtype=str)
     panel = np.full(temperature.size, "") if panel is None else np.asarray(panel, dtype=str)
-    for name, values in (("kind", kind), ("phase_left", phase_left), ("phase_right", phase_right), ("panel", panel)):
+    unreliable = np.zeros(temperature.size, dtype=bool) if unreliable is None else np.asarray(unreliable, dtype=bool)
+    for name, values in (("kind", kind), ("phase_left", phase_left), ("phase_right", phase_right), ("panel", panel),
+                         ("unreliable", unreliable)):
         if values.shape != temperature.shape:
             raise ValueError(f"{name} must have length {temperature.size}, got shape {values.shape}")
     if temperature.size == 0:
         raise ValueError("the phase-diagram table is empty: nothing to plot")
     names = list(dict.fromkeys(panel.tolist()))
-    figure = Figure(figsize=(5.5 * len(names), 4.5), layout="constrained")
+    figure = Figure(figsize=(7.0 * len(names), 4.5), layout="constrained")
     axes = figure.subplots(1, len(names), squeeze=False)[0]
     levels = np.unique(temperature)
     bar = 0.2 * (np.min(np.diff(levels)) if levels.size > 1 else max(abs(levels[0]), 1.0) * 0.1)
@@ -309,12 +312,16 @@ def plot_phase_diagram(path: str | Path, temperature: Any, kind: Sequence[str], 
                 else:
                     ax.plot([a], [t], "s", color=colour, alpha=0.6, label=None if pa in seen else pa)
                 seen.add(pa)
+        for t in np.unique(temperature[mine & unreliable]):
+            ax.text(1.03, t, "unreliable", color="crimson", fontsize="x-small", va="center",
+                    transform=ax.get_yaxis_transform(), clip_on=False)
         ax.set_xlim(-0.02, 1.02)
         ax.set_xlabel(x_label)
         ax.set_ylabel("T / K")
         if name:
             ax.set_title(name)
-        ax.legend(fontsize="small", title="phase (tie-lines: two-phase)", title_fontsize="small")
+        ax.legend(fontsize="small", title="phase (tie-lines: two-phase)", title_fontsize="small",
+                  loc="upper left", bbox_to_anchor=(1.16, 1.0), borderaxespad=0.0)
     if title:
         figure.suptitle(title)
     return _save(figure, path)

@@ -318,3 +318,18 @@ def test_conditional_mean_and_marginal_free_energy():
     np.testing.assert_allclose(marginal, -np.log(p.sum(axis=1)) + np.log(p.sum(axis=1).max()))
     np.testing.assert_allclose(err[1], 0.1)                # one bin carries it all
     np.testing.assert_allclose(err[0], 0.1 * np.sqrt(0.1 ** 2 + 0.2 ** 2) / 0.3)
+
+
+def test_phase_diagram_plot_marks_unreliable_temperatures(tmp_path):
+    from matplotlib.image import imread
+
+    from pipeline import plots
+
+    rows = dict(temperature=[500.0, 500.0, 900.0], kind=["two_phase", "one_phase", "one_phase"],
+                x_left=[0.25, 0.6, 0.0], x_right=[0.5, 1.0, 1.0], phase_left=["L1_2", "disordered", "disordered"],
+                phase_right=["L1_0", "disordered", "disordered"])
+    plain = plots.plot_phase_diagram(tmp_path / "plain.png", **rows)
+    marked = plots.plot_phase_diagram(tmp_path / "marked.png", **rows, unreliable=[True, True, False])
+    assert imread(plain).shape == imread(marked).shape and not np.array_equal(imread(plain), imread(marked))
+    with pytest.raises(ValueError, match="unreliable"):
+        plots.plot_phase_diagram(tmp_path / "bad.png", **rows, unreliable=[True])
