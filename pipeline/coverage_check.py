@@ -23,6 +23,7 @@ import math
 import numpy as np
 import scipy.stats
 import torch
+from tqdm.auto import tqdm
 
 from pipeline import estimators as est
 from pipeline.neural_mcmc import BiasedTarget, global_move, local_moves, refresh_orders, start_chains
@@ -45,10 +46,11 @@ def spread_starts(n_chains: int, n_sites: int, n_states: int, generator: torch.G
 
 
 def coverage_check(system, beta: float, bias, sampler, energy_fn, run_cv_mean: np.ndarray, run_cv_stderr: np.ndarray,
-                   n_chains: int, n_sweeps: int, n_temperatures: int, seed: int) -> dict:
+                   n_chains: int, n_sweeps: int, n_temperatures: int, seed: int, progress: bool = False) -> dict:
     """Run the check (``n_sweeps`` rounds of ``n_chains`` chains, the first fifth dropped) and
     compare with the run's CV means ``run_cv_mean`` / ``run_cv_stderr`` float64 (d,).
-    ``sampler`` None (walkers trained elsewhere) leaves out the global moves. Returns
+    ``sampler`` None (walkers trained elsewhere) leaves out the global moves; ``progress``
+    shows a bar. Returns
     a dict for summary.json: chain means and errors, z per dimension, the threshold, split-R̂,
     ``verdict`` (``agree``, ``disagree`` or ``inconclusive``) and the energies it cost."""
     generator = torch.Generator(device=sampler.device if sampler is not None else "cpu").manual_seed(seed)
@@ -57,7 +59,7 @@ def coverage_check(system, beta: float, bias, sampler, energy_fn, run_cv_mean: n
     state = start_chains(starts, target, sampler, generator)
     burn_in = n_sweeps // 5
     cvs = []
-    for sweep in range(n_sweeps):
+    for sweep in tqdm(range(n_sweeps), desc="coverage check", unit="round", disable=not progress, leave=False):
         state, _ = local_moves(state, target, generator, system.n_sites)
         if sampler is not None:
             state, _ = global_move(state, target, sampler, generator)

@@ -190,7 +190,7 @@ def _coverage_check(ctx, trainer, energy_fn, cv, log_w) -> dict | None:
     return coverage_check(ctx.system, ctx.spec.beta, trainer.bias, sampler, energy_fn,
                           np.array([m for m, _ in estimates]), np.array([e for _, e in estimates]),
                           sampling.coverage_check_chains, sampling.coverage_check_sweeps,
-                          len(ctx.config.system.betas), ctx.seed + 7919)
+                          len(ctx.config.system.betas), ctx.seed + 7919, ctx.progress)
 
 
 def _independent_mean(values, log_w):

@@ -25,7 +25,8 @@ def emt_run(tmp_path_factory):
         "sampler": {"hidden": 16, "layers": 2, "sites_per_step": 2},
         "bias": {"gamma": 10, "sigma": 0.1, "height_per_cycle": 0.5},
         "training": {"outer_iterations": 60, "batch_size": 64, "threads": 1},
-        "sampling": {"n_samples": 3000, "delta_mu_grid": DELTA_MU_GRID},
+        # no missing-basin check: its chains would make an EMT call per trial (minutes here)
+        "sampling": {"n_samples": 3000, "delta_mu_grid": DELTA_MU_GRID, "coverage_check_sweeps": 0},
     }, "emt8")
     campaign = prepare_campaign(config, tmp_path_factory.mktemp("runs"), resume=False)
     (result,) = run_campaign(campaign, progress=False)
