@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline import estimators as est
-from pipeline.neural_mcmc import BiasedTarget, global_move, local_moves, refresh_orders, start_chains
+from pipeline.neural_mcmc import BiasedTarget, chain_round, start_chains
 
 __all__ = ["spread_starts", "coverage_check", "warning_of"]
 
@@ -60,10 +60,7 @@ def coverage_check(system, beta: float, bias, sampler, energy_fn, run_cv_mean: n
     burn_in = n_sweeps // 5
     cvs = []
     for sweep in tqdm(range(n_sweeps), desc="coverage check", unit="round", disable=not progress, leave=False):
-        state, _ = local_moves(state, target, generator, system.n_sites)
-        if sampler is not None:
-            state, _ = global_move(state, target, sampler, generator)
-            state = refresh_orders(state, sampler, generator)
+        state, _, _ = chain_round(state, target, generator, system.n_sites, sampler)
         if sweep >= burn_in:
             cvs.append(state.cv.numpy())
     cv = np.stack(cvs)                                                        # (rounds, chains, d)

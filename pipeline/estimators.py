@@ -44,6 +44,7 @@ __all__ = [
     "weighted_histogram",
     "js_divergence",
     "fes_from_samples",
+    "fes_from_histogram",
     "fes_rmse",
     "cost_to_target",
     "log_partition_function",
@@ -457,14 +458,19 @@ def fes_from_samples(cv, log_w, bin_edges):
     stderr_b = stderr(P_b)/P_b (delta method) is the error of -ln P_b; it excludes the
     (small, shared) uncertainty of the gauge constant.
     """
-    prob, prob_se = weighted_histogram(cv, log_w, bin_edges)
-    filled = prob > 0
-    free = np.full(prob.shape, np.nan)
-    free[filled] = -np.log(prob[filled])
+    return fes_from_histogram(*weighted_histogram(cv, log_w, bin_edges))
+
+
+def fes_from_histogram(probabilities, stderr):
+    """F_b = −ln P_b in k_BT (gauge min F = 0) and its error stderr_b / P_b (delta method)
+    from bin probabilities and their standard errors (same shape); NaN where P_b = 0."""
+    filled = probabilities > 0
+    free = np.full(probabilities.shape, np.nan)
+    free[filled] = -np.log(probabilities[filled])
     free[filled] -= free[filled].min()
-    stderr = np.full(prob.shape, np.nan)
-    stderr[filled] = prob_se[filled] / prob[filled]
-    return free, stderr
+    error = np.full(probabilities.shape, np.nan)
+    error[filled] = stderr[filled] / probabilities[filled]
+    return free, error
 
 
 def fes_rmse(free_energy, reference, align: str = "mean") -> tuple[float, float]:
@@ -699,7 +705,8 @@ def split_rhat(chains) -> float:
 
 
 def chain_diagnostics(values, log_w, window_factor: float = 5.0) -> dict[str, float]:
-    """Mixing figures of one observable over correlated, weighted chains (n_steps, n_chains):
+    """Mean and mixing figures of one observable over correlated, weighted chains
+    (n_steps, n_chains): ``mean`` and ``stderr`` from :func:`chain_weighted_mean_and_stderr`,
     ``ess`` = Var_π(f) / SE(f)² (Var_π the self-normalised weighted variance, SE from
     :func:`chain_weighted_mean_and_stderr`), ``tau_int`` = n_steps·n_chains / ess in steps
     (the autocorrelation time, inflated by the spread of the weights), and ``rhat``
@@ -710,6 +717,6 @@ def chain_diagnostics(values, log_w, window_factor: float = 5.0) -> dict[str, fl
     w = np.exp(lw - lw.max())
     variance = float((w * (f - mean) ** 2).sum() / w.sum())
     if not (stderr > 0 and variance > 0):
-        return {"ess": math.nan, "tau_int": math.nan, "rhat": math.nan}
+        return {"mean": mean, "stderr": stderr, "ess": math.nan, "tau_int": math.nan, "rhat": math.nan}
     ess = variance / stderr ** 2
-    return {"ess": ess, "tau_int": f.size / ess, "rhat": split_rhat(f)}
+    return {"mean": mean, "stderr": stderr, "ess": ess, "tau_int": f.size / ess, "rhat": split_rhat(f)}

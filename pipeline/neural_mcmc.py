@@ -31,7 +31,7 @@ import torch
 from systems.reference_samplers import metropolis_trial
 
 __all__ = ["ChainState", "BiasedTarget", "log_acceptance", "start_chains", "local_moves", "global_move",
-           "refresh_orders"]
+           "refresh_orders", "chain_round"]
 
 
 @dataclass(frozen=True)
@@ -142,3 +142,16 @@ def refresh_orders(state: ChainState, sampler, generator: torch.Generator) -> Ch
         return state
     order = sampler.random_order(state.x.shape[0], generator).cpu()
     return replace(state, order=order, log_q=None)
+
+
+def chain_round(state: ChainState, target: BiasedTarget, generator: torch.Generator, local_trials: int,
+                sampler=None) -> tuple[ChainState, int, torch.Tensor]:
+    """One round of the kernel: ``local_trials`` local trials per chain, then (with a
+    ``sampler``) a global move and an order refresh. Returns the new state, the accepted local
+    trials over all chains and the accepted-global mask bool ``(C,)`` (all False without one)."""
+    state, local_accepted = local_moves(state, target, generator, local_trials)
+    global_accepted = torch.zeros(state.x.shape[0], dtype=torch.bool)
+    if sampler is not None:
+        state, global_accepted = global_move(state, target, sampler, generator)
+        state = refresh_orders(state, sampler, generator)
+    return state, local_accepted, global_accepted

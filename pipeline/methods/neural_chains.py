@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from pipeline.build import build_bias, build_trainer
 from pipeline.callbacks import Checkpoint
 from pipeline.methods.chains import ChainRecord, finish_chain_run
-from pipeline.neural_mcmc import BiasedTarget, ChainState, global_move, local_moves, refresh_orders, start_chains
+from pipeline.neural_mcmc import BiasedTarget, ChainState, chain_round, start_chains
 from pipeline.run_outputs import EnergyCost
 
 __all__ = ["run", "NeuralChainRun", "round_trips"]
@@ -104,11 +104,8 @@ class NeuralChainRun:
         adaptive = self.iteration < self.adaptive_rounds
         local_trials = max(self.local_trials, self.state.x.shape[1]) if adaptive else self.local_trials
         global_moves = adaptive or self.global_moves
-        state, local = local_moves(self.state, self.target, generator, local_trials)
-        accepted = torch.zeros(self.n_chains, dtype=torch.bool)
-        if global_moves:
-            state, accepted = global_move(state, self.target, sampler, generator)
-            state = refresh_orders(state, sampler, generator)
+        state, local, accepted = chain_round(self.state, self.target, generator, local_trials,
+                                             sampler if global_moves else None)
         # a full energy per proposal, a ΔE per local trial
         self.cost += EnergyCost(self.n_chains if global_moves else 0, self.n_chains * local_trials)
         if adaptive:
