@@ -218,6 +218,12 @@ class TrainingConfig:
     (bitwise-repeatable GPU training, somewhat slower; CPU runs are repeatable without it).
     ``wdce_precision``: ``bf16`` runs the WDCE training forward/backward under bfloat16
     autocast (GPUs); generation and log q stay float32.
+    ``temperature_reweighting_steps`` (``metadns-mcmc`` with ``initialise_from:
+    previous_temperature``): rounds of maximum-likelihood training on the hotter rung's
+    production states, resampled with weights that carry them to this temperature (TA-BG),
+    before the first adaptive round; used only when the Kish ESS of those weights is at least
+    ``temperature_reweighting_min_ess`` states, otherwise the run starts from the hotter
+    sampler and chain states as they are. 0 turns the reweighting off.
     """
 
     outer_iterations: int = 500
@@ -237,6 +243,8 @@ class TrainingConfig:
     device: str = "auto"
     deterministic: bool = False
     wdce_precision: str = "float32"
+    temperature_reweighting_steps: int = 0
+    temperature_reweighting_min_ess: float = 100.0
 
 
 @dataclass(frozen=True)
@@ -512,6 +520,12 @@ def _parse_training(raw: Mapping) -> TrainingConfig:
         device=check_choice(get("device"), "training.device", DEVICES),
         deterministic=check_bool(get("deterministic"), "training.deterministic"),
         wdce_precision=check_choice(get("wdce_precision"), "training.wdce_precision", WDCE_PRECISIONS),
+        temperature_reweighting_steps=check_int(get("temperature_reweighting_steps"),
+                                                "training.temperature_reweighting_steps", ge=0,
+                                                example="`temperature_reweighting_steps: 50` (0: off)"),
+        temperature_reweighting_min_ess=check_float(get("temperature_reweighting_min_ess"),
+                                                    "training.temperature_reweighting_min_ess", gt=0,
+                                                    example="`temperature_reweighting_min_ess: 100`"),
     )
 
 
@@ -709,6 +723,12 @@ def config_from_dict(d: Mapping[str, Any], name: str | None = None) -> Config:
             raise ConfigError("methods", f"{method} ({METHOD_REGISTRY[method].doc}) needs {needed.replace('_', ' ')}, "
                               f"which only {', '.join(SYSTEMS.with_trait(needed))} have, not {system.name}; use "
                               f"metropolis or mcmc-metad as the reference")
+    training = _parse_training(d)
+    if training.temperature_reweighting_steps and (
+            "metadns-mcmc" not in methods or training.initialise_from != "previous_temperature"):
+        raise ConfigError("training.temperature_reweighting_steps",
+                          "reweights the hotter rung's chain states, so it needs `methods` to include metadns-mcmc "
+                          "and `training.initialise_from: previous_temperature`; set it to 0 otherwise")
     grid = _parse_grid(d)
     if grid is not None:
         _grid_point_dicts(d, grid)  # every point must be a valid configuration
@@ -719,7 +739,7 @@ def config_from_dict(d: Mapping[str, Any], name: str | None = None) -> Config:
         system=system,
         sampler=_parse_sampler(d),
         bias=_parse_bias(d),
-        training=_parse_training(d),
+        training=training,
         sampling=sampling,
         reference=_parse_reference(d),
         distributed=_parse_distributed(d),

@@ -12,6 +12,16 @@ sampler learns from explore.
   deposits a well-tempered hill at its CV (h0 = h_cycle·kT / chains), and the sampler takes
   ``training.inner_steps`` maximum-likelihood steps on the chain states (its own loss with
   uniform weights).
+* **Warm start** (``training.initialise_from: previous_temperature``): the run takes the EMA
+  sampler of the finished run at the next hotter temperature and, when that was a metadns-mcmc
+  run, its chain states. With ``training.temperature_reweighting_steps`` > 0 (TA-BG), the
+  hotter rung's production states, drawn from π_{V_h} at β_h, get the weights
+  log w = −(β − β_h)·E(x) + β_h·V_h(ξ(x)) that carry them to this temperature without bias (the
+  run's own bias starts empty); the sampler first trains on them (maximum likelihood on states
+  resampled by w) and the chains start from states resampled by w. Reweighting cannot create a
+  basin the hotter rung never visited, and when the Kish ESS of w is below
+  ``training.temperature_reweighting_min_ess`` the run starts from the hotter sampler and chain
+  states as they are. No energy is evaluated: the hotter rung's energies are reused.
 * **Production** (``reference.sweeps`` rounds): sampler and V frozen, so the chain is a
   fixed-kernel MCMC on π_V. The first ``reference.burn_in`` rounds are discarded; the rest are
   recorded with log w = βV(ξ(x)), exact for π_V, and their errors account for autocorrelation.
@@ -28,18 +38,22 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from pipeline import estimators as est
+from pipeline.bias import WellTemperedGridBias
 from pipeline.build import build_bias, build_trainer
 from pipeline.callbacks import Checkpoint
 from pipeline.methods.chains import ChainRecord, finish_chain_run
+from pipeline.methods.trained import trained_sampler_states
 from pipeline.neural_mcmc import BiasedTarget, ChainState, chain_round, start_chains
 from pipeline.run_outputs import EnergyCost
 
-__all__ = ["run", "NeuralChainRun", "round_trips"]
+__all__ = ["run", "NeuralChainRun", "reweighted_log_weights", "round_trips"]
 
 _STATE_FORMAT = "metadns.NeuralChainRun/1"
 
@@ -51,6 +65,8 @@ def run(ctx) -> dict:
     checkpoint_path = ctx.run_dir / "checkpoints" / "checkpoint.pt"
     if checkpoint_path.exists():
         chains.load_state_dict(torch.load(checkpoint_path, weights_only=False, map_location="cpu"))
+    elif ctx.initial_sampler_from is not None:
+        chains.start_from_hotter_run(ctx.initial_sampler_from)
     checkpoint = Checkpoint(checkpoint_path, ctx.config.training.checkpoint_every)
     with tqdm(total=chains.total_rounds, initial=chains.iteration, desc="metadns-mcmc", unit="round",
               disable=not ctx.progress) as bar:
@@ -90,6 +106,44 @@ class NeuralChainRun:
         self.global_accepted = self.local_accepted = 0
         self.recorded: dict[str, list[torch.Tensor]] = {"x": [], "energy": [], "cv": []}
         self.elapsed_s = 0.0
+        self.warm_start: dict = {}
+
+    def start_from_hotter_run(self, run_dir: Path) -> None:
+        """Warm start from the finished run in ``run_dir`` at a higher temperature (module
+        docstring): its EMA sampler, and for a metadns-mcmc run its chain states, reweighted to
+        this temperature when ``training.temperature_reweighting_steps`` > 0 and their Kish ESS
+        allows. Records what was done in ``warm_start`` (the summary's ``warm_start``)."""
+        start = time.perf_counter()
+        saved = torch.load(run_dir / "checkpoints" / "checkpoint.pt", weights_only=False, map_location="cpu")
+        self.trainer.start_from(trained_sampler_states(saved)[0])
+        self.warm_start = {"from": run_dir.name, "mode": "sampler"}
+        if saved.get("format") != _STATE_FORMAT or saved["recorded"]["x"] is None:
+            return
+        settings = self.ctx.config.training
+        x = saved["recorded"]["x"].reshape(-1, saved["recorded"]["x"].shape[-1]).long()
+        log_w = reweighted_log_weights(saved, self.target.beta)
+        kish = est.kish_ess(log_w)
+        self.warm_start.update(hotter_states=len(log_w), kish_ess=kish)
+        generator = self.trainer.generator
+        if settings.temperature_reweighting_steps and kish >= settings.temperature_reweighting_min_ess:
+            weights = torch.from_numpy(est.normalized_weights(log_w)).to(generator.device)
+            no_weights = torch.zeros(self.n_chains, dtype=torch.float64)
+            for _ in range(settings.temperature_reweighting_steps):
+                batch = torch.multinomial(weights, self.n_chains, replacement=True, generator=generator).cpu()
+                self.trainer.train_on(x[batch], no_weights, no_weights)
+            initial = x[torch.multinomial(weights, self.n_chains, replacement=True, generator=generator).cpu()]
+            self.warm_start["mode"] = "reweighted"
+        else:
+            initial = saved["chains"]["x"]
+            self.warm_start["mode"] = "sampler and chain states"
+            if settings.temperature_reweighting_steps:
+                print(f"NOTE: {self.ctx.spec.run_name}: the Kish ESS of the hotter rung's states reweighted to this "
+                      f"temperature is {kish:.1f} < training.temperature_reweighting_min_ess = "
+                      f"{settings.temperature_reweighting_min_ess:g}; starting from the hotter sampler and chain "
+                      "states without reweighting", flush=True)
+        self.state = start_chains(initial, self.target, self.trainer.ema_sampler, generator)
+        self.cost += EnergyCost(self.n_chains)
+        self.elapsed_s += time.perf_counter() - start
 
     @property
     def finished(self) -> bool:
@@ -139,6 +193,8 @@ class NeuralChainRun:
         extra = {"global_acceptance": self.global_accepted / kept if self.global_moves else float("nan"),
                  "local_acceptance": self.local_accepted / (kept * self.local_trials) if self.local_trials else float("nan"),
                  "round_trips_per_chain": trips.tolist(), "mean_round_trips": float(trips.mean())}
+        if self.warm_start:
+            extra["warm_start"] = self.warm_start
         return finish_chain_run(self.ctx, record, self.bias, extra)
 
     # ------------------------------------------------------------------ checkpoints
@@ -150,7 +206,7 @@ class NeuralChainRun:
                 "chains": {"x": s.x, "order": s.order, "energy": s.energy, "cv": s.cv, "log_q": s.log_q},
                 "cost": (self.cost.full, self.cost.local), "accepted": (self.global_accepted, self.local_accepted),
                 "recorded": {k: torch.stack(v) if v else None for k, v in self.recorded.items()},
-                "elapsed_s": self.elapsed_s}
+                "elapsed_s": self.elapsed_s, "warm_start": self.warm_start}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("format") != _STATE_FORMAT:
@@ -171,6 +227,20 @@ class NeuralChainRun:
         self.global_accepted, self.local_accepted = state["accepted"]
         self.recorded = {k: list(v) if v is not None else [] for k, v in state["recorded"].items()}
         self.elapsed_s = float(state["elapsed_s"])
+        self.warm_start = state.get("warm_start", {})
+
+
+def reweighted_log_weights(hotter: dict, beta: float) -> np.ndarray:
+    """TA-BG log-weights float64 ``(rounds·chains,)`` that carry the production states of a
+    metadns-mcmc checkpoint ``hotter`` (drawn from π_{V_h} at β_h = 1/kT of its bias) to the
+    unbiased target at ``beta``: log w = −(β − β_h)·E(x) + β_h·V_h(ξ(x)), unnormalised."""
+    bias = WellTemperedGridBias(**hotter["bias"]["settings"])
+    bias.load_state_dict(hotter["bias"])
+    beta_hot = 1.0 / bias.kT
+    recorded = hotter["recorded"]
+    energy = recorded["energy"].reshape(-1).numpy().astype(np.float64)
+    cv = recorded["cv"].reshape(energy.shape[0], -1).numpy().astype(np.float64)
+    return -(beta - beta_hot) * energy + beta_hot * bias.value(cv)
 
 
 def round_trips(cv: np.ndarray, lower: float, upper: float) -> np.ndarray:

@@ -33,7 +33,7 @@ from pipeline.training import DualLoopTrainer, MultiWalkerTrainer, call_in_order
 LOW_ESS_FRACTION = 0.01
 LOW_COVERAGE = 0.9
 
-__all__ = ["run", "make_trainer", "LOW_ESS_FRACTION", "LOW_COVERAGE"]
+__all__ = ["run", "make_trainer", "trained_sampler_states", "LOW_ESS_FRACTION", "LOW_COVERAGE"]
 
 
 def run(ctx) -> dict:
@@ -86,11 +86,19 @@ def _run_bias(ctx, hills_per_cycle: int):
     return ctx.services.make_bias(bias) if ctx.services.make_bias is not None else bias
 
 
+def trained_sampler_states(checkpoint: dict) -> list[dict]:
+    """The EMA sampler weights held by a finished run's checkpoint: one per walker for a
+    trained method, the single sampler of a ``metadns-mcmc`` run (its ``trainer`` entry)."""
+    if "walkers" in checkpoint:
+        return [w["ema_sampler"] for w in checkpoint["walkers"]]
+    return [checkpoint.get("trainer", checkpoint)["ema_sampler"]]
+
+
 def _start_from_previous_temperature(trainer, run_dir: Path) -> None:
     """Warm start: each walker takes the EMA sampler of the finished run in ``run_dir`` (its
     walker of the same index, modulo that run's walker count)."""
-    trained = torch.load(run_dir / "checkpoints" / "checkpoint.pt", weights_only=False, map_location="cpu")
-    states = [w["ema_sampler"] for w in trained["walkers"]] if "walkers" in trained else [trained["ema_sampler"]]
+    states = trained_sampler_states(torch.load(run_dir / "checkpoints" / "checkpoint.pt", weights_only=False,
+                                               map_location="cpu"))
     if isinstance(trainer, MultiWalkerTrainer):
         trainer.call(trainer.walkers, "start_from", [(states[w % len(states)],) for w in range(len(trainer.walkers))])
     else:
