@@ -27,8 +27,10 @@ sampler learns from explore.
   recorded with log w = βV(ξ(x)), exact for π_V, and their errors account for autocorrelation.
 
 The summary adds the production acceptance rate of global proposals, the local acceptance
-rate and the number of round trips each chain makes across the CV range. A round trip runs from
-the lowest to the highest decile of the first CV's range and back. The whole run state (chains,
+rate and the number of round trips each chain makes across the CV range the chains sample. A
+round trip runs from the lowest to the highest decile of the production states' first CV (its
+10th and 90th percentiles over all chains, under π_V) and back. Deciles of the CV's whole range
+would count nothing where V cannot reach its ends (the alloy's x_Au near 0 and 1 at low T). The whole run state (chains,
 sampler, optimiser, bias, random generator, recorded states) is checkpointed every
 ``training.checkpoint_every`` rounds, so an interrupted run resumed with ``--resume`` continues
 bitwise as if it had not stopped.
@@ -189,7 +191,7 @@ class NeuralChainRun:
         record = ChainRecord(recorded, log_w, torch.stack(self.recorded["energy"]).numpy(), self.cost,
                              self.bias.n_hills, self.elapsed_s)
         kept = recorded.shape[0] * self.n_chains
-        trips = round_trips(cv[:, :, 0], system.cv_spec.lower[0], system.cv_spec.upper[0])
+        trips = round_trips(cv[:, :, 0], *np.quantile(cv[:, :, 0], [0.1, 0.9]))
         extra = {"global_acceptance": self.global_accepted / kept if self.global_moves else float("nan"),
                  "local_acceptance": self.local_accepted / (kept * self.local_trials) if self.local_trials else float("nan"),
                  "round_trips_per_chain": trips.tolist(), "mean_round_trips": float(trips.mean())}
@@ -243,10 +245,9 @@ def reweighted_log_weights(hotter: dict, beta: float) -> np.ndarray:
     return -(beta - beta_hot) * energy + beta_hot * bias.value(cv)
 
 
-def round_trips(cv: np.ndarray, lower: float, upper: float) -> np.ndarray:
-    """Round trips per chain of a CV trace float ``(rounds, chains)``: from the lowest decile of
-    [lower, upper] to the highest and back (or the other way), counted when completed; int64 (chains,)."""
-    low, high = lower + 0.1 * (upper - lower), upper - 0.1 * (upper - lower)
+def round_trips(cv: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Round trips per chain of a CV trace float ``(rounds, chains)``: from at or below ``low``
+    to at or above ``high`` and back (or the other way), counted when completed; int64 (chains,)."""
     ends = np.where(cv <= low, -1, np.where(cv >= high, 1, 0))          # which end each state is at
     rounds = np.arange(cv.shape[0])[:, None]
     last = np.maximum.accumulate(np.where(ends != 0, rounds, -1), axis=0)   # latest round at an end

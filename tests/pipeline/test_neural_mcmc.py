@@ -209,5 +209,5 @@ def test_round_trips_count_completed_end_to_end_returns():
     trace = np.array([[-1.0, 0.0], [0.0, 0.95], [1.0, 0.0], [0.2, -0.95], [-0.9, 0.95], [1.0, -1.0]])
     # chain 0: low → high → low → high: one completed round trip (the second is half done);
     # chain 1: high → low → high → low: one round trip, then half of the next.
-    assert round_trips(trace, -1.0, 1.0).tolist() == [1, 1]
-    assert round_trips(np.zeros((5, 3)), -1.0, 1.0).tolist() == [0, 0, 0]
+    assert round_trips(trace, -0.8, 0.8).tolist() == [1, 1]
+    assert round_trips(np.zeros((5, 3)), -0.8, 0.8).tolist() == [0, 0, 0]
