@@ -96,6 +96,8 @@ DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 """Values of ``training.device``."""
 WDCE_PRECISIONS: tuple[str, ...] = ("float32", "bf16")
 """Values of ``training.wdce_precision``."""
+CHAIN_LOSSES: tuple[str, ...] = ("likelihood", "wdce")
+"""Values of ``training.chain_loss`` (how ``metadns-mcmc`` trains its proposal)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -224,6 +226,9 @@ class TrainingConfig:
     before the first adaptive round; used only when the Kish ESS of those weights is at least
     ``temperature_reweighting_min_ess`` states, otherwise the run starts from the hotter
     sampler and chain states as they are. 0 turns the reweighting off.
+    ``chain_loss`` (``metadns-mcmc``): what the sampler learns from in each adaptive round:
+    ``likelihood``, maximum likelihood on the chain states (no energy evaluated), or ``wdce``,
+    the MetaDNS loss on ``batch_size`` fresh draws weighted for π_V (their energies counted).
     """
 
     outer_iterations: int = 500
@@ -245,6 +250,7 @@ class TrainingConfig:
     wdce_precision: str = "float32"
     temperature_reweighting_steps: int = 0
     temperature_reweighting_min_ess: float = 100.0
+    chain_loss: str = "likelihood"
 
 
 @dataclass(frozen=True)
@@ -526,6 +532,7 @@ def _parse_training(raw: Mapping) -> TrainingConfig:
         temperature_reweighting_min_ess=check_float(get("temperature_reweighting_min_ess"),
                                                     "training.temperature_reweighting_min_ess", gt=0,
                                                     example="`temperature_reweighting_min_ess: 100`"),
+        chain_loss=check_choice(get("chain_loss"), "training.chain_loss", CHAIN_LOSSES),
     )
 
 

@@ -11,7 +11,8 @@ sampler learns from explore.
 * **Adaptive phase** (``training.outer_iterations`` rounds): after each round every chain
   deposits a well-tempered hill at its CV (h0 = h_cycle·kT / chains), and the sampler takes
   ``training.inner_steps`` maximum-likelihood steps on the chain states (its own loss with
-  uniform weights).
+  uniform weights), or with ``training.chain_loss: wdce`` WDCE steps on fresh draws weighted
+  for π_V, as MetaDNS trains (their energies are counted).
 * **Warm start** (``training.initialise_from: previous_temperature``): the run takes the EMA
   sampler of the finished run at the next hotter temperature and, when that was a metadns-mcmc
   run, its chain states. With ``training.temperature_reweighting_steps`` > 0 (TA-BG), the
@@ -54,6 +55,7 @@ from pipeline.methods.chains import ChainRecord, finish_chain_run
 from pipeline.methods.trained import trained_sampler_states
 from pipeline.neural_mcmc import BiasedTarget, ChainState, chain_round, start_chains
 from pipeline.run_outputs import EnergyCost
+from pipeline.sampler.base import batch_on_cpu
 
 __all__ = ["run", "NeuralChainRun", "reweighted_log_weights", "round_trips"]
 
@@ -166,8 +168,7 @@ class NeuralChainRun:
         self.cost += EnergyCost(self.n_chains if global_moves else 0, self.n_chains * local_trials)
         if adaptive:
             self.bias.deposit(state.cv.numpy())
-            no_weights = torch.zeros(self.n_chains, dtype=torch.float64)
-            self.trainer.train_on(state.x, no_weights, no_weights)
+            self._train_proposal(state.x)
             state = replace(state, log_q=None)   # the sampler changed: log q of the states is stale
         elif self.iteration - self.adaptive_rounds >= self.burn_in:
             self.recorded["x"].append(state.x.to(torch.int8))
@@ -178,6 +179,22 @@ class NeuralChainRun:
         self.state = state
         self.iteration += 1
         self.elapsed_s += time.perf_counter() - start
+
+    def _train_proposal(self, chain_x: torch.Tensor) -> None:
+        """``training.inner_steps`` steps of the sampler's loss: maximum likelihood on the chain
+        states x int64 (C, D), or (``training.chain_loss: wdce``) WDCE on ``training.batch_size``
+        fresh draws with log w = −β[E + V(ξ)] − log q under the bias after this round's deposit."""
+        if self.ctx.config.training.chain_loss == "likelihood":
+            no_weights = torch.zeros(chain_x.shape[0], dtype=torch.float64)
+            self.trainer.train_on(chain_x, no_weights, no_weights)
+            return
+        fresh = batch_on_cpu(self.trainer.ema_sampler.sample(self.ctx.config.training.batch_size,
+                                                            self.trainer.generator))
+        x = fresh.x.to(torch.int64)
+        log_q = fresh.log_q.to(torch.float64)
+        log_w = self.target.log_density(self.target.energy(x), self.target.system.cv(x).to(torch.float64)) - log_q
+        self.cost += EnergyCost(x.shape[0])
+        self.trainer.train_on(x, log_w, log_q)
 
     def progress_line(self) -> str:
         return f"max V {self.bias.values.max() * self.target.beta:.1f} kT"

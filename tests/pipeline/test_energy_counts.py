@@ -47,9 +47,13 @@ def counted(monkeypatch):
     return counts
 
 
-@pytest.mark.parametrize("method", ["metadns", "mdns-warmstart", "mcmc-metad", "metropolis", "sw", "metadns-mcmc"])
-def test_energy_counters_equal_the_energy_calls_made(tmp_path, counted, method):
-    campaign = prepare_campaign(config_from_dict({**CONFIG, "methods": [method]}, "counts"), tmp_path, resume=False)
+@pytest.mark.parametrize("method, chain_loss", [("metadns", "likelihood"), ("mdns-warmstart", "likelihood"),
+                                               ("mcmc-metad", "likelihood"), ("metropolis", "likelihood"),
+                                               ("sw", "likelihood"), ("metadns-mcmc", "likelihood"),
+                                               ("metadns-mcmc", "wdce")])
+def test_energy_counters_equal_the_energy_calls_made(tmp_path, counted, method, chain_loss):
+    raw = {**CONFIG, "methods": [method], "training": {**CONFIG["training"], "chain_loss": chain_loss}}
+    campaign = prepare_campaign(config_from_dict(raw, "counts"), tmp_path, resume=False)
     [spec] = campaign.runs
     counted["full"] = counted["local"] = 0
     result = execute_run(campaign, spec, progress=False)
@@ -57,6 +61,10 @@ def test_energy_counters_equal_the_energy_calls_made(tmp_path, counted, method):
     assert (summary["full_energy_evaluations"], summary["local_energy_changes"]) == (counted["full"], counted["local"])
     assert summary["energy_evaluations"] == counted["full"] + counted["local"]
     assert counted["full"] > 0
+    if method == "metadns-mcmc":   # starting states, a proposal per chain per round, WDCE's fresh draws
+        rounds, adaptive, chains = 6 + 12, 6, CONFIG["reference"]["chains"]
+        fresh = adaptive * CONFIG["training"]["batch_size"] if chain_loss == "wdce" else 0
+        assert counted["full"] == chains + rounds * chains + fresh
     cost = pd.read_parquet(result.run_dir / "observables.parquet").query("estimator == 'cost'").set_index("observable")
     for name in ("energy_evaluations", "full_energy_evaluations", "local_energy_changes"):
         assert cost.loc[name, "value"] == summary[name]
