@@ -107,13 +107,14 @@ def analyse(run: Path, reference: pd.DataFrame, target: float, f_max: float, rat
     fes = pd.read_parquet(run / "fes.parquet")
     samples = fes[(fes.source == "samples") & (fes.delta_mu == 0.0)].sort_values("x_Au").free_energy_kT.to_numpy()
     samples_rmse = fes_rmse(samples[compared], ref_free[compared])[0]
-    wall_per_deposit = float(summary["wall_time_s"]) / max(len(deposits), 1)
+    wall = float(summary.get("wall_time_s", summary.get("training_wall_time_s")))   # chains; trained runs
+    wall_per_deposit = wall / max(len(deposits), 1)
     row = {"run": run.name, "method": config["methods"][0], "T_K": temperature, "deposits": len(deposits),
            "final_bias_rmse_kT": float(rmse[-1]), "best_bias_rmse_kT": float(rmse.min()),
            "deposits_to_target": int(deposits[reached[0]]) if reached.size else math.nan,
            "evaluations_to_target": float(evaluations[reached[0]]) if reached.size else math.nan,
            "samples_rmse_kT": samples_rmse, "total_evaluations": float(summary["energy_evaluations"]),
-           "batch": batch, "ce_wall_s": float(summary["wall_time_s"]), "ce_wall_per_deposit_s": wall_per_deposit}
+           "batch": batch, "ce_wall_s": wall, "ce_wall_per_deposit_s": wall_per_deposit}
     if rates:
         rate = rates.get(batch) or rates[min(rates, key=lambda b: abs(b - batch))]
         row["projected_energy_s_to_target"] = row["evaluations_to_target"] / rate
