@@ -45,6 +45,7 @@ __all__ = [
     "marginal_free_energy",
     "phase_regions",
     "phase_diagram_table",
+    "trim_unresolved_tails",
 ]
 
 PHASE_LABELS = ("disordered", "L1_2", "L1_0", "ordered", "unknown")
@@ -410,12 +411,34 @@ PHASE_TABLE_COLUMNS = ("temperature", "kind", "x_left", "x_right", "slope_eV", "
                        "lro_left", "lro_right", "excess_eV_per_site", "n_unvisited", "n_sites")
 
 
+def trim_unresolved_tails(free_energy_kT, stderr_kT, max_stderr_kT: float) -> np.ndarray:
+    """F (G,) with the compositions outside the resolved range set to NaN: the resolved range
+    runs from the first to the last composition whose F is finite with an error ≤
+    ``max_stderr_kT``.  A chain or sampler that strayed once into a high-F tail leaves a few
+    isolated, unresolved compositions there, often with unvisited ones between them and the
+    rest; left in, the unvisited ones would read as a miscibility gap.  Compositions inside the
+    resolved range keep their values, however noisy (their errors enter the tangent test).
+    Returns a copy; F unchanged when no composition is resolved."""
+    free = _vector(free_energy_kT, "free_energy_kT").copy()
+    err = _vector(stderr_kT, "stderr_kT")
+    if err.shape != free.shape:
+        raise ValueError(f"stderr_kT must have shape {free.shape} like free_energy_kT, got {err.shape}")
+    resolved = np.flatnonzero(np.isfinite(free) & np.isfinite(err) & (err <= max_stderr_kT))
+    if resolved.size:
+        free[:resolved[0]] = np.nan
+        free[resolved[-1] + 1:] = np.nan
+    return free
+
+
 def phase_diagram_table(points: Sequence[PhasePoint], n_sigma: float = 3.0, atol: float = 1e-9,
                         unvisited: str = "gap", lro_threshold: float = 0.5, window: float = 0.125,
-                        boltzmann_constant: float = BOLTZMANN_EV_PER_K) -> pd.DataFrame:
+                        boltzmann_constant: float = BOLTZMANN_EV_PER_K,
+                        max_tail_stderr_kT: float = 0.5) -> pd.DataFrame:
     """Phase diagram over temperatures: one row per one-phase or two-phase region per T.
 
-    Each point's FES becomes f(x) (:func:`canonical_free_energy`), then the common tangent
+    Points with errors first lose their unresolved tails (:func:`trim_unresolved_tails` with
+    ``max_tail_stderr_kT``; ``inf`` keeps them).  Each point's FES then becomes f(x)
+    (:func:`canonical_free_energy`), then the common tangent
     (:func:`common_tangent` with ``n_sigma``, ``atol`` in eV/site, ``unvisited``) and labels
     (:func:`label_phases` with ``lro_threshold``, ``window`` and the random-alloy baseline).
     Columns: the ``info`` keys, then :data:`PHASE_TABLE_COLUMNS` — kind (two_phase /
@@ -426,7 +449,9 @@ def phase_diagram_table(points: Sequence[PhasePoint], n_sigma: float = 3.0, atol
     rows = []
     for point in sorted(points, key=lambda p: p.temperature):
         x = _grid(point.x)
-        f, err = canonical_free_energy(x, point.free_energy_kT, point.temperature, point.delta_mu, point.n_sites,
+        free = point.free_energy_kT if point.stderr_kT is None else \
+            trim_unresolved_tails(point.free_energy_kT, point.stderr_kT, max_tail_stderr_kT)
+        f, err = canonical_free_energy(x, free, point.temperature, point.delta_mu, point.n_sites,
                                        point.stderr_kT, boltzmann_constant)
         construction = common_tangent(x, f, err, n_sigma=n_sigma, atol=atol, unvisited=unvisited)
         lro = np.full(x.shape, np.nan) if point.lro is None else _vector(point.lro, "lro")

@@ -10,7 +10,8 @@ from scipy.special import logsumexp
 
 from pipeline.phase_diagram import (BOLTZMANN_EV_PER_K, PhasePoint, canonical_free_energy, common_tangent,
                                     conditional_mean, disordered_lro_baseline, label_phases, lower_convex_hull,
-                                    marginal_free_energy, phase_diagram_table, phase_regions)
+                                    marginal_free_energy, phase_diagram_table, phase_regions,
+                                    trim_unresolved_tails)
 
 OMEGA = 1.0           # regular-solution interaction (f units); critical kT = Ω/2
 N_FINE = 2000         # grid x = k / N_FINE
@@ -222,6 +223,23 @@ def test_unvisited_points_outside_the_visited_range_and_in_a_convex_region():
     assert common_tangent(GRID, f, unvisited="ignore").regions == ()
     with pytest.raises(ValueError, match="two finite"):
         common_tangent(GRID, np.where(GRID < 1.0, np.nan, 1.0))
+
+
+def test_a_stray_visit_to_a_high_free_energy_tail_draws_no_tie_line():
+    # A one-phase FES (regular solution above its critical point) on a 64-site grid, where the
+    # chains strayed once to x = 4/64 and 5/64 (F known to ±1 k_BT) and never to 6/64 or below 4/64.
+    n_sites, T = 64, 0.8
+    x = np.arange(n_sites + 1) / n_sites
+    free = n_sites * regular_solution(x, T) / T
+    stderr = np.full(x.size, 0.05)
+    free[:4] = free[6] = np.nan
+    stderr[4:6] = 1.0
+    point = PhasePoint(T, x, free - np.nanmin(free), 0.0, n_sites, stderr_kT=stderr)
+    kept = phase_diagram_table([point], boltzmann_constant=1.0, max_tail_stderr_kT=np.inf)
+    assert (kept.kind == "two_phase").sum() == 1          # the unvisited 6/64 reads as a gap
+    table = phase_diagram_table([point], boltzmann_constant=1.0)
+    assert (table.kind == "one_phase").all() and table.x_left.min() == x[7]
+    np.testing.assert_array_equal(trim_unresolved_tails(free, stderr, 0.5)[7:], free[7:])
 
 
 def test_noise_criterion_rejects_spurious_gaps_and_keeps_real_ones():
