@@ -4,7 +4,7 @@ Usage (from the repository root), with finished runs at one temperature of the r
 e.g. from `metadns run workflows/cuau_64.yaml --profile cpu-cost`:
     python workflows/benchmarks/cuau_cost.py RUN_DIR [RUN_DIR ...] \\
         [--reference workflows/benchmarks/data/cuau_reference_64] [--target 1.0] [--f-max 8] \\
-        [--energy-rate BATCH=CONFIGS_PER_S ...]
+        [--energy-rate CONFIGS_PER_S]
 
 For each run (mcmc-metad, metadns or metadns-mcmc) the bias is rebuilt deposit by deposit from
 its HILLS file (whose heights are h·γ/(γ−1), so the summed Gaussians give −k_BT·F + const), and
@@ -22,9 +22,10 @@ MACE model's receptive field spans the whole 64-site cell):
 
 The run's F from its samples (``fes.parquet``, after production or final sampling) is given
 with the run's total evaluations. ``--energy-rate`` projects the evaluations to wall time with a
-measured throughput of an expensive backend at the batch each method evaluates (chains for
-the MCMC methods, ``training.batch_size`` for MetaDNS), e.g. the MACE rates of BENCHMARKS.md;
-the network's own time is reported separately as the CE run's wall time per deposit.
+measured throughput of an expensive backend (configurations/s; the MACE backend evaluates any
+request in chunks of its own batch size, so one rate serves every method: measure it with
+``mace_speed.py``), plus the CE run's wall time per deposit for the network and bookkeeping
+(the whole run's time divided by its deposits: an upper bound).
 """
 
 from __future__ import annotations
@@ -51,13 +52,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE, help="cuau_reference.py output folder")
     parser.add_argument("--target", type=float, default=1.0, help="F RMSE target, k_BT")
     parser.add_argument("--f-max", type=float, default=8.0, help="compare where the reference F ≤ this (k_BT)")
-    parser.add_argument("--energy-rate", nargs="*", default=[], metavar="BATCH=RATE",
-                        help="configurations/s of an expensive backend at a batch size (e.g. 8=133 64=48)")
+    parser.add_argument("--energy-rate", type=float, default=None,
+                        help="configurations/s of an expensive backend (e.g. MACE from mace_speed.py)")
     args = parser.parse_args(argv)
-    try:
-        args.rates = {int(b): float(r) for b, r in (item.split("=") for item in args.energy_rate)}
-    except ValueError:
-        parser.error("--energy-rate takes BATCH=CONFIGS_PER_S pairs, e.g. --energy-rate 8=133 64=48")
+    if args.energy_rate is not None and not args.energy_rate > 0:
+        parser.error(f"--energy-rate must be > 0 configurations/s, got {args.energy_rate}")
     for run in args.runs:
         if not (run / "HILLS").is_file() or not (run / "summary.json").is_file():
             parser.error(f"{run} is not a finished biased run (no HILLS or summary.json)")
@@ -74,22 +73,22 @@ def bias_free_energy_history(hills_path: Path, grid: np.ndarray, kT: float) -> t
     return deposits, -np.cumsum(per_deposit, axis=0) / kT
 
 
-def evaluations_per_deposit(config: dict, n_sites: int) -> tuple[float, float, int]:
-    """(evaluations before the first deposit, evaluations per deposit, batch each evaluates)."""
+def evaluations_per_deposit(config: dict, n_sites: int) -> tuple[float, float]:
+    """(evaluations before the first deposit, evaluations per deposit)."""
     method, reference, training = config["methods"][0], config.get("reference", {}), config.get("training", {})
     chains = reference.get("chains", 64)
     if method == "mcmc-metad":
-        return chains, reference.get("deposit_every", 1) * chains * n_sites, chains
+        return chains, reference.get("deposit_every", 1) * chains * n_sites
     if method == "metadns-mcmc":
-        return chains, chains * (max(1, reference.get("local_sweeps", 1)) * n_sites + 1), chains
+        return chains, chains * (max(1, reference.get("local_sweeps", 1)) * n_sites + 1)
     if method == "metadns":
         if training.get("walkers", 1) != 1:
             raise ValueError("metadns runs with several walkers are not supported here (hills per deposit differ)")
-        return 0.0, training.get("batch_size", 128), training.get("batch_size", 128)
+        return 0.0, training.get("batch_size", 128)
     raise ValueError(f"method {method!r} has no bias to compare; use one of {METHODS}")
 
 
-def analyse(run: Path, reference: pd.DataFrame, target: float, f_max: float, rates: dict[int, float]) -> dict:
+def analyse(run: Path, reference: pd.DataFrame, target: float, f_max: float, rate: float | None) -> dict:
     config = yaml.safe_load((run / "config.yaml").read_text())
     summary = json.loads((run / "summary.json").read_text())
     temperature, kT = float(summary["temperature"]), 1.0 / float(summary["beta"])
@@ -101,7 +100,7 @@ def analyse(run: Path, reference: pd.DataFrame, target: float, f_max: float, rat
     n_sites = len(grid) - 1
     deposits, history = bias_free_energy_history(run / "HILLS", grid, kT)
     rmse = np.array([fes_rmse(f[compared], ref_free[compared])[0] for f in history])
-    start, per_deposit, batch = evaluations_per_deposit(config, n_sites)
+    start, per_deposit = evaluations_per_deposit(config, n_sites)
     evaluations = start + deposits * per_deposit
     reached = np.flatnonzero(rmse <= target)
     fes = pd.read_parquet(run / "fes.parquet")
@@ -114,9 +113,8 @@ def analyse(run: Path, reference: pd.DataFrame, target: float, f_max: float, rat
            "deposits_to_target": int(deposits[reached[0]]) if reached.size else math.nan,
            "evaluations_to_target": float(evaluations[reached[0]]) if reached.size else math.nan,
            "samples_rmse_kT": samples_rmse, "total_evaluations": float(summary["energy_evaluations"]),
-           "batch": batch, "ce_wall_s": wall, "ce_wall_per_deposit_s": wall_per_deposit}
-    if rates:
-        rate = rates.get(batch) or rates[min(rates, key=lambda b: abs(b - batch))]
+           "ce_wall_s": wall, "ce_wall_per_deposit_s": wall_per_deposit}
+    if rate is not None:
         row["projected_energy_s_to_target"] = row["evaluations_to_target"] / rate
         row["projected_wall_s_to_target"] = row["projected_energy_s_to_target"] + wall_per_deposit * row["deposits_to_target"]
     return row
@@ -125,7 +123,7 @@ def analyse(run: Path, reference: pd.DataFrame, target: float, f_max: float, rat
 def main(argv=None) -> int:
     args = parse_args(argv)
     reference = pd.read_csv(args.reference / "reference.csv")
-    rows = [analyse(run, reference, args.target, args.f_max, args.rates) for run in args.runs]
+    rows = [analyse(run, reference, args.target, args.f_max, args.energy_rate) for run in args.runs]
     table = pd.DataFrame(rows)
     with pd.option_context("display.width", 200, "display.max_columns", None):
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
