@@ -18,6 +18,9 @@ Every finished run folder under DIR (any depth; a folder with ``summary.json``, 
   ``pyarrow.dataset.dataset(DIR / "dataset" / "observables", partitioning="hive")``.
 * ``summary.parquet`` (printed too): one row per run, headline observables of the run's main
   estimator (``mcmc`` for chains, ``likelihood`` for trained samplers) at the run's own Δμ.
+* ``runs.parquet``: one row per run with its resolved configuration flattened to dotted
+  columns (``training.outer_iterations``, …; :func:`runs_table`), to filter or group runs by
+  any setting.
 * ``plots/<campaign>/observables_vs_temperature.png`` and ``plots/<campaign>/fes_<method>.png``.
 * alloys: ``phase_diagram.parquet`` and ``phase_diagram.png`` (:mod:`pipeline.phase_diagram`).
   Per (campaign, temperature) the FES comes from the first method of
@@ -35,6 +38,7 @@ import os
 import shutil
 import sys
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -386,6 +390,36 @@ class Report:
     text: str
 
 
+def flatten_config(config: Mapping, prefix: str = "") -> dict:
+    """Nested config sections as dotted keys (``training.outer_iterations``); lists stay values."""
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_config(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def runs_table(runs: list[RunFolder]) -> pd.DataFrame:
+    """One row per finished run: campaign, run, method, temperature_tag, temperature, beta,
+    config_hash, then every key of its resolved config.yaml flattened to dotted names. A column
+    whose values are not all of one scalar type (lists, or numbers beside strings) holds them
+    as JSON text, so that Parquet can store it."""
+    rows = [{"campaign": r.campaign, "run": r.run, "method": r.method, "temperature_tag": r.temperature_tag,
+             "temperature": r.temperature, "beta": r.beta, "config_hash": r.summary.get("config_hash", ""),
+             **flatten_config(r.config)} for r in runs]
+    table = pd.DataFrame(rows)
+    for column in table.columns[7:]:
+        kinds = {type(v) for v in table[column] if v is not None}
+        if len(kinds) > 1 and kinds <= {int, float}:
+            continue
+        if len(kinds) > 1 or kinds & {list, tuple, dict}:
+            table[column] = [None if v is None else json.dumps(v) for v in table[column]]
+    return table
+
+
 def make_report(root: Path, progress: bool = True) -> Report:
     """Collect the finished runs under ``root`` and write the dataset, summary, plots and
     (alloys) phase diagram (module docstring).  Raises :class:`NoFinishedRuns`."""
@@ -403,6 +437,7 @@ def make_report(root: Path, progress: bool = True) -> Report:
     dataset = write_dataset(root, {"observables": observables, "fes": fes}, metadata)
     summary = summary_table(runs, systems)
     write_parquet(summary, root / "summary.parquet", metadata)
+    write_parquet(runs_table(runs), root / "runs.parquet", metadata)
     text = _format_summary(summary, runs, systems)
     written = _campaign_plots(root, runs, summary, systems)
     phase = None

@@ -12,6 +12,7 @@ import shutil
 
 import numpy as np
 import pandas as pd
+import yaml
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
@@ -146,6 +147,22 @@ def test_summary_has_one_row_per_run_with_the_main_estimator(report, capsys):
     for path in ("plots/ising4/observables_vs_temperature.png", "plots/ising4/fes_sw.png", "plots/ising4/fes_mdns.png",
                  "plots/cuau8/observables_vs_temperature.png", "plots/cuau8/fes_mcmc-metad.png", "phase_diagram.png"):
         assert (report / path).stat().st_size > 10_000, path
+
+
+def test_runs_table_holds_each_runs_flattened_config(report):
+    runs = pd.read_parquet(report / "runs.parquet").set_index(["campaign", "run"])
+    folders = run_folders(report)
+    assert sorted(runs.index) == sorted((f.parent.name, f.name) for f in folders)
+    for folder in folders:
+        row = runs.loc[(folder.parent.name, folder.name)]
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+        assert row["method"] == config["methods"][0] == row["methods"].strip('[]"')
+        assert row["config_hash"] == json.loads((folder / "summary.json").read_text())["config_hash"]
+        assert row["training.outer_iterations"] == config["training"]["outer_iterations"]
+        assert row["reference.sweeps"] == config["reference"]["sweeps"]
+        assert row["system.name"] == config["system"]["name"]
+        # lists (and settings whose type differs between the two campaigns) are JSON text
+        assert json.loads(row["sampling.delta_mu_grid"]) == config["sampling"]["delta_mu_grid"]
 
 
 def exact_regions(temperature):
