@@ -154,6 +154,13 @@ def write_samples(ctx, states: np.ndarray, order: np.ndarray | None, energy, cv,
                   ctx.run_dir / "samples.parquet", ctx.metadata)
 
 
+def write_history(ctx, rows: list[dict]) -> None:
+    """history.parquet: one row per outer iteration of a trained run (the trainer's
+    IterationRecord: iteration, beta, loss, ess_fraction, max_bias_kT, cv_coverage, n_hills,
+    energy_evaluations so far, wall_time_s so far, fes_rmse_kT), across resumes."""
+    write_parquet(pd.DataFrame(rows), ctx.run_dir / "history.parquet", ctx.metadata)
+
+
 def run_summary(ctx, warnings: list[str], **figures) -> dict:
     """summary.json content: run identity, seed, config hash, the device (pipeline.devices:
     device_report and, on a GPU, the peak memory used), warnings and headline figures."""

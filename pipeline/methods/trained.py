@@ -11,6 +11,7 @@ weighting: ``likelihood`` (−βE − log q, asymptotically exact), ``bias`` (β
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -27,7 +28,8 @@ from pipeline.devices import device_usage
 from pipeline.methods.delta_mu import delta_mu_scan
 from pipeline.reference_data import cv_bin_edges, histogram_inputs
 from pipeline.registry import METHODS, WEIGHTINGS
-from pipeline.run_outputs import EnergyCost, cost_rows, observable_row, run_summary, write_run_outputs, write_samples
+from pipeline.run_outputs import (EnergyCost, cost_rows, observable_row, run_summary, write_history, write_run_outputs,
+                                  write_samples)
 from pipeline.training import DualLoopTrainer, MultiWalkerTrainer, call_in_order, train
 
 LOW_ESS_FRACTION = 0.01
@@ -166,6 +168,7 @@ def _estimate_and_write(ctx, trainer, batch, energy_fn, generation_s: float, wit
     order = batch.order.to(torch.int16).numpy() if batch.order is not None else None
     write_samples(ctx, x.to(torch.int8).numpy(), order, energy, cv, log_q, weightings["bias"], log_w_lik)
     if history:
+        write_history(ctx, [dataclasses.asdict(record) for record in history])
         plots.plot_bias_growth(ctx.run_dir / "bias_growth.png", [r.iteration for r in history],
                                [r.max_bias_kT for r in history], [r.cv_coverage for r in history],
                                title=f"{spec.run_name}: bias growth and CV coverage")

@@ -359,11 +359,12 @@ def test_resume_with_a_changed_config_is_refused(finished_campaign, tmp_path):
 COMMON_FILES = {"config.yaml", "observables.parquet", "fes.parquet", "histograms.parquet", "samples.parquet",
                 "fes.png", "cv_histogram.png", "summary.json"}
 EXPECTED_FILES = {
-    "metadns": COMMON_FILES | {"HILLS", "bias_growth.png", "checkpoints/checkpoint.pt"},
-    "mdns": COMMON_FILES | {"bias_growth.png", "checkpoints/checkpoint.pt"},
+    "metadns": COMMON_FILES | {"HILLS", "bias_growth.png", "history.parquet", "checkpoints/checkpoint.pt"},
+    "mdns": COMMON_FILES | {"bias_growth.png", "history.parquet", "checkpoints/checkpoint.pt"},
     "sw": COMMON_FILES,
 }
-ABSENT_FILES = {"metadns": set(), "mdns": {"HILLS"}, "sw": {"HILLS", "bias_growth.png", "checkpoints/checkpoint.pt"}}
+ABSENT_FILES = {"metadns": set(), "mdns": {"HILLS"},
+                "sw": {"HILLS", "bias_growth.png", "history.parquet", "checkpoints/checkpoint.pt"}}
 
 
 @pytest.mark.parametrize("method", ["metadns", "mdns", "sw"])
@@ -377,6 +378,20 @@ def test_run_folder_holds_the_documented_files(finished_campaign, method):
         if png in EXPECTED_FILES[method]:
             data = (run_dir / png).read_bytes()
             assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000, png
+
+
+@pytest.mark.parametrize("method", ["metadns", "mdns"])
+def test_history_has_one_row_per_outer_iteration(finished_campaign, method):
+    run_dir = finished_campaign["root"] / f"{method}_{TAG}"
+    history = pd.read_parquet(run_dir / "history.parquet")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert history.iteration.tolist() == list(range(1, config["training"]["outer_iterations"] + 1))
+    assert history.energy_evaluations.is_monotonic_increasing and history.wall_time_s.is_monotonic_increasing
+    assert history.energy_evaluations.iloc[-1] <= summary["energy_evaluations"]   # final samples come after
+    assert history.n_hills.iloc[-1] == summary["hills"]
+    assert (history.max_bias_kT > 0).all() == (method == "metadns")
+    assert np.isfinite(history.loss).all() and ((history.ess_fraction > 0) & (history.ess_fraction <= 1)).all()
 
 
 @pytest.mark.parametrize("method", ["metadns", "mdns", "sw"])
