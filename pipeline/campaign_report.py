@@ -28,6 +28,10 @@ Every finished run folder under DIR (any depth; a folder with ``summary.json``, 
   samples FES, then MCMC WT-MetaD's, then the others; within a run the ``samples`` FES at the
   run's Δμ, else the ``bias`` FES.  Phases are labelled from ⟨η | x⟩ computed on that run's
   samples (likelihood weights, chain weights for MCMC runs).
+
+Every table carries its columns' units as field metadata (:func:`report_units`): those the
+runs' systems agree on; a column whose unit differs between runs (temperature in a report over
+lattice-model and alloy runs) carries none.
 """
 
 from __future__ import annotations
@@ -55,11 +59,12 @@ from pipeline import phase_diagram as pd_
 from pipeline import plots
 from pipeline.config import config_from_dict
 from pipeline.errors import NoFinishedRuns  # defined there, part of this module's interface
-from pipeline.outputs import METADATA_PREFIX, provenance_metadata, write_parquet
+from pipeline.outputs import (FES_UNITS, METADATA_PREFIX, provenance_metadata, schema_with_units, system_units,
+                              write_parquet)
 from systems.registry import SYSTEMS
 
-__all__ = ["FES_PRIORITY", "RunFolder", "find_runs", "dataset_tables", "write_dataset", "summary_table",
-           "phase_diagram_points", "make_report", "report_command"]
+__all__ = ["FES_PRIORITY", "RunFolder", "find_runs", "report_units", "dataset_tables", "write_dataset",
+           "summary_table", "phase_diagram_points", "make_report", "report_command"]
 
 FES_PRIORITY: tuple[str, ...] = ("metadns-mcmc", "metadns", "mcmc-metad", "mdns-warmstart", "mdns", "metropolis", "sw")
 DATASET = "dataset"
@@ -138,9 +143,27 @@ def _system_of(run: RunFolder, cache: dict):
     return cache[key]
 
 
+def report_units(runs: list[RunFolder], systems: dict) -> dict[str, str]:
+    """Column units (:func:`pipeline.outputs.system_units`) that every run naming the column
+    agrees on; only the system-independent ones (:data:`pipeline.outputs.NAMED_UNITS`, which
+    the writers add) when a run's system cannot be rebuilt."""
+    built = [_system_of(run, systems) for run in runs]
+    if any(system is None for system in built):
+        return {}
+    units: dict[str, str] = {}
+    disputed: set[str] = set()
+    for per_run in map(system_units, built):
+        for name, unit in per_run.items():
+            if units.setdefault(name, unit) != unit:
+                disputed.add(name)
+    return {name: unit for name, unit in units.items() if name not in disputed}
+
+
 # ----------------------------------------------------------------------------- dataset
 def _strip_metadata(table: pa.Table) -> pa.Table:
-    return table.replace_schema_metadata(None)
+    """The table without schema and field metadata (a run's units are re-attached for the
+    whole report: concatenation would keep the first run's)."""
+    return table.cast(pa.schema([field.remove_metadata() for field in table.schema]))
 
 
 def dataset_tables(runs: list[RunFolder], progress: bool = False) -> tuple[pa.Table, pa.Table]:
@@ -433,11 +456,13 @@ def make_report(root: Path, progress: bool = True) -> Report:
     systems: dict = {}
     hashes = {f"{r.campaign}/{r.run}": r.summary.get("config_hash", "") for r in runs}
     metadata = provenance_metadata({"report": hashes}, 0, extra={"report_runs": len(runs)})
+    units = report_units(runs, systems)
     observables, fes = dataset_tables(runs, progress)
-    dataset = write_dataset(root, {"observables": observables, "fes": fes}, metadata)
+    dataset = write_dataset(root, {"observables": observables.cast(schema_with_units(observables.schema, units)),
+                                   "fes": fes.cast(schema_with_units(fes.schema, {**units, **FES_UNITS}))}, metadata)
     summary = summary_table(runs, systems)
-    write_parquet(summary, root / "summary.parquet", metadata)
-    write_parquet(runs_table(runs), root / "runs.parquet", metadata)
+    write_parquet(summary, root / "summary.parquet", metadata, units)
+    write_parquet(runs_table(runs), root / "runs.parquet", metadata, units)
     text = _format_summary(summary, runs, systems)
     written = _campaign_plots(root, runs, summary, systems)
     phase = None
@@ -445,7 +470,7 @@ def make_report(root: Path, progress: bool = True) -> Report:
     if points:
         phase = pd_.phase_diagram_table(points).sort_values(["campaign", "temperature", "x_left", "x_right"],
                                                              kind="stable", ignore_index=True)
-        write_parquet(phase, root / "phase_diagram.parquet", metadata)
+        write_parquet(phase, root / "phase_diagram.parquet", metadata, units)
         written.append(plots.plot_phase_diagram(
             root / "phase_diagram.png", phase.temperature, phase.kind, phase.x_left, phase.x_right,
             phase.phase_left, phase.phase_right, panel=phase.campaign, x_label=points[0].info["cv"],

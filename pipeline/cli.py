@@ -5,8 +5,10 @@
     metadns energy --config CONFIG.yaml FILE... [--set key=value ...] [--out TABLE.parquet]
     metadns fit-ce --out MODEL.ce [--label emt|mace --model FILE] [--species Cu Au] [--cutoffs 6 4.5 4.5] ...
     metadns submit CONFIG.yaml [--out DIR] [--nodes N] [--gpus-per-node G] [--time T] ... [--dry-run] [--wait]
-    metadns tune CONFIG.yaml [--out DIR] [--set key=value ...] [--profile NAME] [--address HOST:PORT] [--quiet]
+    metadns tune CONFIG.yaml [--out DIR] [--set key=value ...] [--profile NAME] [--address HOST:PORT] [--resume]
+                 [--quiet]
     metadns report DIR [--quiet]
+    metadns export RUN_DIR [--format extxyz|db] [--n N] [--select weighted|lowest-energy|first] [--out FILE] [--seed S]
     metadns --version
 
 Exit codes: 0 success; 2 invalid input found before anything is written (a
@@ -133,11 +135,27 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--profile", default=None, help="apply a named profile from the config's `profiles:` section")
     tune.add_argument("--address", default=None,
                       help="Ray cluster to join, e.g. 10.0.0.1:6379 (default: $RAY_ADDRESS, else a local instance)")
+    tune.add_argument("--resume", action="store_true", help="continue the sweep saved in DIR/<name>/tune/ (same "
+                      "config) from its trials' last checkpoints")
     tune.add_argument("--quiet", action="store_true", help="no Tune progress output")
     report = commands.add_parser("report", help="dataset, summary table, plots and alloy phase diagram of finished runs")
     report.set_defaults(handler=_report)
     report.add_argument("dir", type=Path, help="folder searched (recursively) for finished run folders")
     report.add_argument("--quiet", action="store_true", help="no progress bar")
+    export = commands.add_parser("export", help="an alloy run's sampled configurations as ASE structures "
+                                                "(extxyz or ASE database)")
+    export.set_defaults(handler=_export)
+    export.add_argument("run_dir", type=Path, metavar="RUN_DIR",
+                        help="a run folder of `metadns run` (OUT/<name>/<method>_<temperature tag>)")
+    export.add_argument("--format", dest="fmt", metavar="FORMAT", default="extxyz",
+                        help="extxyz (default) or db (ASE database)")
+    export.add_argument("--n", type=int, default=100, help="number of structures (default 100)")
+    export.add_argument("--select", default="weighted",
+                        help="weighted (default: drawn with the run's normalised headline weights), lowest-energy "
+                             "(distinct configurations) or first")
+    export.add_argument("--out", type=Path, default=None,
+                        help="file to write (default RUN_DIR/export/<select>.extxyz or .db)")
+    export.add_argument("--seed", type=int, default=0, help="seed of the weighted draws (default 0)")
     return parser
 
 
@@ -163,13 +181,20 @@ def _submit(args) -> int:
 def _tune(args) -> int:
     from pipeline.distributed.tune import tune_command  # noqa: PLC0415 - Ray is imported only when tuning
 
-    return tune_command(args.config, args.out, args.overrides, args.profile, args.address, not args.quiet)
+    return tune_command(args.config, args.out, args.overrides, args.profile, args.address, not args.quiet,
+                        args.resume)
 
 
 def _report(args) -> int:
     from pipeline.campaign_report import report_command  # noqa: PLC0415
 
     return report_command(args.dir, quiet=args.quiet)
+
+
+def _export(args) -> int:
+    from pipeline.export import export_command  # noqa: PLC0415 - torch and ASE on demand
+
+    return export_command(args.run_dir, args.fmt, args.n, args.select, args.out, args.seed)
 
 
 def _fit_ce(args) -> int:
@@ -189,7 +214,7 @@ def _fit_ce(args) -> int:
 
 def _energy(args) -> int:
     from pipeline.config import load_config  # noqa: PLC0415
-    from pipeline.outputs import provenance_metadata, write_parquet  # noqa: PLC0415
+    from pipeline.outputs import provenance_metadata, system_units, write_parquet  # noqa: PLC0415
     from pipeline.build import build_system  # noqa: PLC0415 - torch
     from pipeline.structures import energy_table, read_frames  # noqa: PLC0415
 
@@ -200,11 +225,12 @@ def _energy(args) -> int:
                                              f"got {config.system.name!r}")
         if args.out is not None and args.out.suffix != ".parquet":
             raise ConfigError("--out", f"must name a .parquet file, got {args.out}")
-        table = energy_table(build_system(config), read_frames(args.files))
+        system = build_system(config)
+        table = energy_table(system, read_frames(args.files))
     print(table.to_string(index=False, float_format="{:.6f}".format))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        write_parquet(table, args.out, provenance_metadata(config.to_dict(), config.seed))
+        write_parquet(table, args.out, provenance_metadata(config.to_dict(), config.seed), system_units(system))
         print(f"written to {args.out}")
     return 0
 

@@ -10,7 +10,9 @@ On error the temporary file is removed and the target is untouched.
 
 Every Parquet file carries key/value schema metadata from :func:`provenance_metadata`
 (keys prefixed ``metadns.``): config hash, seed, creation time, package versions, git revision,
-hostname.  Read it back with :func:`read_parquet_metadata`.
+hostname.  Read it back with :func:`read_parquet_metadata`.  Columns with a unit carry it as
+field metadata ``{"unit": ...}`` (:func:`schema_with_units`: :data:`NAMED_UNITS` everywhere,
+:func:`system_units` where the writer knows the system).
 
 Tables (column by column; the README copies these):
 
@@ -87,6 +89,7 @@ import yaml
 
 from pipeline.config import config_hash
 from pipeline.registry import WEIGHTINGS
+from systems.registry import SYSTEMS
 
 __all__ = [
     "METADATA_PREFIX",
@@ -99,6 +102,11 @@ __all__ = [
     "write_yaml",
     "git_revision",
     "provenance_metadata",
+    "UNIT_KEY",
+    "NAMED_UNITS",
+    "FES_UNITS",
+    "system_units",
+    "schema_with_units",
     "write_parquet",
     "read_parquet_metadata",
     "observables_table",
@@ -291,14 +299,67 @@ def provenance_metadata(
 
 
 # --------------------------------------------------------------------------------------------
+# Units (Parquet field metadata)
+# --------------------------------------------------------------------------------------------
+
+UNIT_KEY = b"unit"
+"""Field-metadata key of a column's unit: ``pq.read_schema(path).field(name).metadata[UNIT_KEY]``."""
+
+NAMED_UNITS: dict[str, str] = {
+    "free_energy_kT": "kT", "max_bias_kT": "kT", "fes_rmse_kT": "kT",
+    "log_q": "nat", "log_w_bias": "nat", "log_w_likelihood": "nat",
+    "wall_time_s": "s",
+    "energy_eV": "eV", "total_energy_eV": "eV", "formation_energy_eV_per_atom": "eV", "slope_eV": "eV",
+    "excess_eV_per_site": "eV",
+}
+"""Units of the columns whose unit does not depend on the system or the table (most names say
+it); :func:`write_parquet` attaches them wherever such a column appears."""
+
+FES_UNITS: dict[str, str] = {"free_energy_kT": "kT", "stderr": "kT"}
+"""Units of an FES table's own columns (its ``stderr`` is that of F, in k_BT)."""
+
+
+def system_units(system) -> dict[str, str]:
+    """Units of the columns whose unit is the system's, by column name.
+
+    Energies (``energy``, ``delta_mu``, the E/N histogram edges ``bin_lower``/``bin_upper``) in
+    ``system.energy_unit`` (J for the lattice models, eV for alloys); ``temperature`` and
+    ``temperature_value`` in the registry's ``temperature_unit`` trait (K for alloys), else in
+    energy unit/k_B (k_B = 1); ``beta`` in 1/energy unit; every CV column (``<name>`` and
+    ``cv_<name>``) ``"1"``: the registered CVs are fractions and order parameters; every
+    observable column and its ``<name>_stderr`` in ``system.observable_units``.
+    """
+    energy = system.energy_unit
+    temperature = SYSTEMS[system.name].traits.get("temperature_unit", f"{energy}/k_B")
+    cv_names = system.cv_spec.names
+    return {"energy": energy, "delta_mu": energy, "bin_lower": energy, "bin_upper": energy,
+            "temperature": temperature, "temperature_value": temperature, "beta": f"1/{energy}",
+            **{name: "1" for name in cv_names}, **{f"cv_{name}": "1" for name in cv_names},
+            **system.observable_units,
+            **{f"{name}_stderr": unit for name, unit in system.observable_units.items()}}
+
+
+def schema_with_units(schema: pa.Schema, units: Mapping[str, str] | None = None) -> pa.Schema:
+    """``schema`` whose fields named in :data:`NAMED_UNITS` or ``units`` (which wins) carry field
+    metadata ``{"unit": <unit>}`` beside their other field metadata; other fields, and names
+    the schema does not have, are left alone.  Apply to a table with ``table.cast(...)``."""
+    merged = {**NAMED_UNITS, **(units or {})}
+    fields = [field.with_metadata({**(field.metadata or {}), UNIT_KEY: merged[field.name].encode()})
+              if field.name in merged else field for field in schema]
+    return pa.schema(fields, metadata=schema.metadata)
+
+
+# --------------------------------------------------------------------------------------------
 # Parquet
 # --------------------------------------------------------------------------------------------
 
 
-def write_parquet(table_or_dataframe: Any, path: str | Path, metadata: Mapping[str, Any]) -> Path:
+def write_parquet(table_or_dataframe: Any, path: str | Path, metadata: Mapping[str, Any],
+                  units: Mapping[str, str] | None = None) -> Path:
     """Write a pyarrow Table or pandas DataFrame to Parquet atomically, with ``metadata``
-    stored as schema key/value metadata under ``metadns.<key>`` (values stringified).
-    Existing schema metadata (e.g. pandas') is kept.  Returns the path."""
+    stored as schema key/value metadata under ``metadns.<key>`` (values stringified) and
+    column units as field metadata (:func:`schema_with_units` with ``units``, e.g.
+    :func:`system_units`).  Existing schema metadata (e.g. pandas') is kept.  Returns the path."""
     if isinstance(table_or_dataframe, pa.Table):
         table = table_or_dataframe
     else:
@@ -319,6 +380,7 @@ def write_parquet(table_or_dataframe: Any, path: str | Path, metadata: Mapping[s
         full_key = key if key.startswith(METADATA_PREFIX) else METADATA_PREFIX + key
         merged[full_key.encode()] = str(value).encode()
     table = table.replace_schema_metadata(merged)
+    table = table.cast(schema_with_units(table.schema, units))
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
     return Path(path)
@@ -426,13 +488,14 @@ def _check_cv_names(cv_names: Sequence[str], reserved: Sequence[str], argument: 
 
 
 def fes_schema(cv_names: Sequence[str]) -> pa.Schema:
-    """Schema of an FES table for the given CV names (columns described in the module docstring)."""
+    """Schema of an FES table for the given CV names (columns described in the module docstring);
+    ``free_energy_kT`` and ``stderr`` carry their unit, k_BT (:data:`FES_UNITS`)."""
     names = _check_cv_names(cv_names, _FES_VALUE_COLUMNS)
-    return pa.schema(
+    return schema_with_units(pa.schema(
         [(name, pa.float64()) for name in names]
         + [("free_energy_kT", pa.float64()), ("stderr", pa.float64()), ("source", pa.string()),
            ("delta_mu", pa.float64())]
-    )
+    ), FES_UNITS)
 
 
 def _to_numpy(value: Any, dtype=None) -> np.ndarray:

@@ -1,5 +1,6 @@
 """Writing one run's outputs: observables, FES, histograms, samples, HILLS, plots and the
-summary (layout and schemas: docs/outputs.md).  Every file is written atomically.
+summary (layout and schemas: docs/outputs.md).  Every file is written atomically, its
+columns with their units (:func:`pipeline.outputs.system_units` of the run's system).
 
 Both method families (reference chains, trained samplers) build their rows and histograms
 and hand them here, so a run folder looks the same whichever method made it.
@@ -17,7 +18,7 @@ import pyarrow as pa
 from pipeline import plots
 from pipeline.config import config_hash
 from pipeline.devices import device_report, device_usage
-from pipeline.outputs import fes_table, observables_table, samples_table, write_parquet
+from pipeline.outputs import fes_table, observables_table, samples_table, system_units, write_parquet
 from pipeline.reference_data import cv_bin_edges
 
 __all__ = ["EnergyCost", "observable_row", "cost_rows", "write_run_outputs", "write_samples", "run_summary"]
@@ -77,7 +78,7 @@ def write_run_outputs(ctx, rows, histograms, fes_samples, fes_bias, bias, fes_by
     ``fes_by_delta_mu``: Δμ → (F, stderr) for reweighted alloy ensembles.
     """
     system, spec = ctx.system, ctx.spec
-    write_parquet(observables_table(rows), ctx.run_dir / "observables.parquet", ctx.metadata)
+    _write_table(ctx, observables_table(rows), "observables.parquet")
 
     edges = cv_bin_edges(system)
     centres = [0.5 * (e[1:] + e[:-1]) for e in edges]
@@ -91,9 +92,8 @@ def write_run_outputs(ctx, rows, histograms, fes_samples, fes_bias, bias, fes_by
                                 np.full(fes_bias.size, np.nan), "bias", run_delta_mu))
     for delta_mu, (free, stderr) in (fes_by_delta_mu or {}).items():
         tables.append(fes_table(system.cv_spec.names, grid, free.ravel(), stderr.ravel(), "samples", delta_mu))
-    write_parquet(pa.concat_tables(tables), ctx.run_dir / "fes.parquet", ctx.metadata)
-    write_parquet(_histograms_frame(histograms, system.energy_per_site_bin_edges()),
-                  ctx.run_dir / "histograms.parquet", ctx.metadata)
+    _write_table(ctx, pa.concat_tables(tables), "fes.parquet")
+    _write_table(ctx, _histograms_frame(histograms, system.energy_per_site_bin_edges()), "histograms.parquet")
     if bias is not None:
         bias.write_hills(ctx.run_dir / "HILLS", system.cv_spec.names)
     _plot_run(ctx, histograms, fes_samples, fes_bias, bias, centres)
@@ -149,16 +149,21 @@ def write_samples(ctx, states: np.ndarray, order: np.ndarray | None, energy, cv,
     generation order: chain states, samplers with an exact q(x)), float64 columns."""
     if order is None:
         order = np.full(states.shape, -1, dtype=np.int16)
-    write_parquet(samples_table(states, order, energy, cv, ctx.system.cv_spec.names, log_q, log_w_bias,
-                                log_w_likelihood),
-                  ctx.run_dir / "samples.parquet", ctx.metadata)
+    _write_table(ctx, samples_table(states, order, energy, cv, ctx.system.cv_spec.names, log_q, log_w_bias,
+                                    log_w_likelihood), "samples.parquet")
 
 
 def write_history(ctx, rows: list[dict]) -> None:
     """history.parquet: one row per outer iteration of a trained run (the trainer's
     IterationRecord: iteration, beta, loss, ess_fraction, max_bias_kT, cv_coverage, n_hills,
     energy_evaluations so far, wall_time_s so far, fes_rmse_kT), across resumes."""
-    write_parquet(pd.DataFrame(rows), ctx.run_dir / "history.parquet", ctx.metadata)
+    _write_table(ctx, pd.DataFrame(rows), "history.parquet")
+
+
+def _write_table(ctx, table, name: str) -> None:
+    """``ctx.run_dir / name``: a table or DataFrame with the run's provenance and the units of
+    its system's columns."""
+    write_parquet(table, ctx.run_dir / name, ctx.metadata, system_units(ctx.system))
 
 
 def run_summary(ctx, warnings: list[str], **figures) -> dict:

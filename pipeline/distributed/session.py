@@ -24,7 +24,8 @@ def ray_session(address: str | None = None, num_cpus: int | None = None,
     token authentication applies — and with neither a local instance is started with the
     dashboard off and every service bound to 127.0.0.1; it is shut down at the end.
     ``num_cpus`` / ``num_gpus`` (local instance only): CPUs and GPUs Ray may schedule, default
-    what the machine has.  Actors that ask for no GPU see none (HIDE_GPUS_FROM_ZERO_GPU_ACTORS).
+    :func:`allocated_cpus` and the GPUs the machine has.  Actors that ask for no GPU see none
+    (HIDE_GPUS_FROM_ZERO_GPU_ACTORS).
     """
     if ray.is_initialized():
         yield
@@ -35,12 +36,20 @@ def ray_session(address: str | None = None, num_cpus: int | None = None,
     else:
         os.environ.update(HIDE_GPUS_FROM_ZERO_GPU_ACTORS)   # inherited by the local raylet and its workers
         # address="local": always a new instance, never a cluster some `ray start` left behind
-        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
-                 _node_ip_address="127.0.0.1", log_to_driver=True)
+        ray.init(address="local", num_cpus=allocated_cpus() if num_cpus is None else num_cpus, num_gpus=num_gpus,
+                 include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=True)
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def allocated_cpus() -> int:
+    """CPUs this process was given: its CPU affinity (taskset, a cpuset, a Slurm step's binding),
+    at most ``SLURM_CPUS_ON_NODE`` when that is set, rather than every core of the node."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    slurm = os.environ.get("SLURM_CPUS_ON_NODE", "").strip()
+    return min(cpus, int(slurm)) if slurm.isdigit() and int(slurm) > 0 else cpus
 
 
 def cluster_cpus() -> float:

@@ -26,8 +26,11 @@ objective to Tune, whose ASHA scheduler stops the trials that fall behind. Keys 
       reduction_factor: 3         # ASHA keeps the best 1/reduction_factor at each rung
       report_every: null          # outer iterations between reports (default T/20, at least 1)
       eval_samples: 1000          # fresh samples per report
-      max_concurrent_trials: null # default: as many as the CPUs allow
+      max_concurrent_trials: null # default: as many as the CPUs (and GPUs) allow
       cpus_per_trial: 1           # Ray CPU request per trial (fractions allowed)
+      gpus_per_trial: auto        # auto: 1 when the cluster has GPUs and training.device is not cpu, else 0
+      checkpoint_every: 1         # reports between a trial's checkpoints
+      max_failures: 2             # restarts of a failed trial, each from its last checkpoint
 
 Objectives (each computed on likelihood-weighted fresh samples, log w = −βE − log q(x|σ)):
 ``js_cv`` Jensen–Shannon divergence (nats, in [0, ln 2]) between the CV histogram and the
@@ -39,11 +42,19 @@ range spanned by the samples (min over CV dimensions) times the physical ESS/n (
 The reference is ``reference`` when given, else exact enumeration for systems with at most
 3^16 states (reference_data.EXACT_ENUMERATION_LIMIT); ``auto`` picks ``js_cv`` with a reference and ``coverage_ess`` without.
 
-Outputs under ``DIR/<name>/tune/``: ``trials.parquet`` (one row per trial), ``history.parquet``
-(one row per report), ``best.yaml`` (the config with the best trial's values, ``tune`` removed,
-ready for ``metadns run``) and Ray's own ``ray_results/``. The best trial is the one with the
-best final objective among the trials that ran the full budget (a trial ASHA stopped was
-behind at its last rung).
+Outputs under ``DIR/<name>/tune/``: ``config.yaml`` (the sweep's config, written when it
+starts), ``trials.parquet`` (one row per trial), ``history.parquet`` (one row per report),
+``best.yaml`` (the config with the best trial's values, ``tune`` removed, ready for
+``metadns run``) and Ray's own ``ray_results/``. The best trial is the one with the best final
+objective among the trials that ran the full budget (a trial ASHA stopped was behind at its
+last rung).
+
+Each trial trains on the device Ray assigned it (pipeline.devices, as a trainer actor of
+``metadns run``) and every ``checkpoint_every`` reports hands Tune a checkpoint: a folder with
+the trainer's ``checkpoint.pt`` (the format of ``metadns run --resume``). A trial Tune restarts
+(after a failure, up to ``max_failures`` times, or in a resumed sweep) continues from it.
+``metadns tune --resume`` continues an interrupted sweep of the same config from Tune's saved
+experiment state (:func:`run_tune`).
 """
 
 from __future__ import annotations
@@ -53,9 +64,10 @@ import itertools
 import json
 import math
 import os
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,12 +77,14 @@ import torch
 import yaml
 
 from pipeline import estimators as est
-from pipeline.config import (Config, ConfigError, apply_overrides, canonical_json, config_from_dict, expand_runs,
-                             load_config)
-from pipeline.errors import TuneFolderExists, setup_errors
-from pipeline.outputs import atomic_write_text, provenance_metadata, write_parquet
+from pipeline.config import (Config, ConfigError, apply_overrides, canonical_json, config_from_dict, config_hash,
+                             expand_runs, load_config)
+from pipeline.errors import RunFailed, TuneFolderExists, setup_errors
+from pipeline.outputs import atomic_write_text, provenance_metadata, write_parquet, write_yaml
 from pipeline.build import build_bias, build_system, build_trainer, check_sampler, derive_seed, restrict_to_run
+from pipeline.callbacks import Checkpoint
 from pipeline.campaign import UNBIASED_REFERENCES
+from pipeline.devices import choose_device, configure_numerics, keep_freed_host_memory
 from pipeline.reference_data import (EXACT_ENUMERATION_LIMIT, ReferenceData, cv_bin_edges, cv_grid_shape,
                                      exact_reference, histogram_inputs, has_exact_reference, load_reference)
 from pipeline.registry import METHODS
@@ -90,6 +104,7 @@ __all__ = [
     "plan_tune",
     "trial_objectives",
     "train_trial",
+    "trial_resources",
     "run_tune",
     "tune_command",
 ]
@@ -108,7 +123,8 @@ DEFAULT_SPACE: dict[str, dict[str, list[float]]] = {
 height per cycle (k_BT) and the Gaussian width σ (CV units)."""
 TUNE_KEYS: tuple[str, ...] = ("space", "num_samples", "objective", "method", "temperature", "reference",
                               "grace_period", "reduction_factor", "report_every", "eval_samples",
-                              "max_concurrent_trials", "cpus_per_trial")
+                              "max_concurrent_trials", "cpus_per_trial", "gpus_per_trial", "checkpoint_every",
+                              "max_failures")
 """Valid keys of the ``tune`` section."""
 TUNE_METHODS: tuple[str, ...] = tuple(name for name in METHODS if METHODS[name].traits["trained"]
                                    and not METHODS[name].traits["warmstart"]
@@ -118,6 +134,18 @@ TUNE_METHODS: tuple[str, ...] = tuple(name for name in METHODS if METHODS[name].
 _FIXED_HEADS = ("name", "seed", "methods", "system", "tune")
 _FIXED_KEYS = ("training.outer_iterations",)
 OBJECTIVE_METRIC = "objective"
+ITERATION_METRIC = "outer_iteration"
+"""Outer iterations a trial has trained (ASHA's time attribute; Tune's ``training_iteration``
+counts the reports of one attempt)."""
+SWEEP_CONFIG = "config.yaml"
+"""The sweep's config in its tune folder: ``--resume`` continues only the same sweep."""
+CHECKPOINT_FILE = "checkpoint.pt"
+"""The trainer's state in a trial's Tune checkpoint (pipeline.callbacks.Checkpoint's format)."""
+TRIAL_STATE_FILE = "trial.json"
+"""Beside it: the trial's wall time so far."""
+KEEP_CHECKPOINTS = 2
+"""Tune checkpoints kept per trial; Tune then saves its experiment state at least every
+KEEP_CHECKPOINTS checkpoints of a trial, so a killed sweep resumes from a recent one."""
 
 
 # ----------------------------------------------------------------------------- settings
@@ -147,6 +175,9 @@ class TuneSettings:
     eval_samples: int
     max_concurrent_trials: int | None
     cpus_per_trial: float
+    gpus_per_trial: float | str  # a number, or "auto"
+    checkpoint_every: int        # reports between checkpoints
+    max_failures: int
 
 
 @dataclass(frozen=True)
@@ -288,8 +319,22 @@ def parse_tune_settings(config: Config) -> TuneSettings:
         concurrent = _number(concurrent, "tune.max_concurrent_trials", integer=True, ge=1,
                              example="`max_concurrent_trials: 2`")
     cpus = _number(get("cpus_per_trial", 1.0), "tune.cpus_per_trial", gt=0, example="`cpus_per_trial: 0.5`")
+    gpus = get("gpus_per_trial", "auto")
+    if gpus != "auto":
+        gpus = _number(gpus, "tune.gpus_per_trial", ge=0, example="`gpus_per_trial: auto` (or 0, 0.5, 1)")
+        device = config.training.device
+        if device == "cpu" and gpus > 0:
+            raise ConfigError("tune.gpus_per_trial", f"is {gpus:g} but training.device is cpu, so the GPUs would "
+                              "sit idle; use gpus_per_trial: auto or 0, or training.device: auto")
+        if device == "cuda" and gpus == 0:
+            raise ConfigError("tune.gpus_per_trial", "is 0 but training.device is cuda, so no trial could train; "
+                              "use gpus_per_trial: auto or > 0 (e.g. 0.5), or training.device: auto")
+    checkpoint_every = _number(get("checkpoint_every", 1), "tune.checkpoint_every", integer=True, ge=1,
+                               example="`checkpoint_every: 2`")
+    failures = _number(get("max_failures", 2), "tune.max_failures", integer=True, ge=0,
+                       example="`max_failures: 2`")
     return TuneSettings(space, num_samples, objective, method, index, reference, grace, factor, every,
-                        eval_samples, concurrent, cpus)
+                        eval_samples, concurrent, cpus, gpus, checkpoint_every, failures)
 
 
 # ----------------------------------------------------------------------------- trials
@@ -475,81 +520,166 @@ def trial_objectives(system, beta: float, x: torch.Tensor, log_q, reference: Ref
 
 
 # ----------------------------------------------------------------------------- Ray trainable
-def train_trial(plan: TunePlan, index: int, report: Callable[[dict], None]) -> None:
-    """Train trial ``index`` of the plan as ``metadns run`` would and call ``report(metrics)``
-    every ``report_every`` outer iterations (and after the last one).
+def train_trial(plan: TunePlan, index: int, report: Callable[[dict, Path | None], None],
+                restore: Path | None = None) -> None:
+    """Train trial ``index`` of the plan as ``metadns run`` would and call
+    ``report(metrics, checkpoint)`` every ``report_every`` outer iterations (and after the last one).
 
-    ``metrics``: ``training_iteration`` (outer iterations done), ``objective`` (the plan's),
-    every value of :func:`trial_objectives` on ``eval_samples`` fresh samples from the EMA
-    sampler (own generator, so evaluating never changes training), ``trial``, ``seed``,
-    ``loss``, ``max_bias_kT`` and ``wall_time_s`` (since the trial started). Torch uses
-    max(1, ⌊cpus_per_trial⌋) threads. Deterministic on CPU for a given trial.
+    The device is :func:`pipeline.devices.choose_device` of ``training.device`` in this process
+    (in a Tune trial: the GPUs Ray assigned it). ``checkpoint`` is a folder holding the trainer's
+    ``checkpoint.pt`` and ``trial.json`` every ``checkpoint_every`` reports (None otherwise; it
+    is deleted when ``report`` returns); ``restore``: such a folder to continue from, whose
+    iteration is reported again first (Tune may keep a checkpoint whose report it lost when the
+    trial died).
+    ``metrics``: ``outer_iteration`` (outer iterations done), ``objective`` (the plan's), every
+    value of :func:`trial_objectives` on ``eval_samples`` fresh samples from the EMA sampler
+    (a generator seeded from the trial seed and the iteration, so evaluating never changes
+    training and a restored trial reports what an uninterrupted one would), ``trial``,
+    ``seed``, ``loss``, ``max_bias_kT``, ``wall_time_s`` (since the trial started, summed over
+    restarts), ``resumed_from`` (outer iterations restored from a checkpoint, 0 for a fresh
+    start) and ``device``. Torch uses max(1, ⌊cpus_per_trial⌋) threads. Deterministic on CPU.
     """
     start = time.perf_counter()
     torch.set_num_threads(max(1, int(plan.settings.cpus_per_trial)))
     trial = plan.trials[int(index)]
     config = config_from_dict(trial.config)
+    device = choose_device(config.training.device).device
+    configure_numerics(device, config.training.deterministic)
+    keep_freed_host_memory()
     system = build_system(config)
     spec = expand_runs(config)[0]
     bias = build_bias(config, system, plan.beta, config.training.batch_size) if METHODS[spec.method].traits["bias"] \
         else None
-    trainer = build_trainer(config, spec, system, trial.seed, system.energy, bias)
-    train(trainer, [TuneReport(plan, trial, config, system, report, start)], progress=False)
+    trainer = build_trainer(config, spec, system, trial.seed, system.energy, bias, device)
+    earlier_s = 0.0
+    if restore is not None:
+        trainer.load_state_dict(torch.load(restore / CHECKPOINT_FILE, weights_only=False, map_location="cpu"))
+        earlier_s = json.loads((restore / TRIAL_STATE_FILE).read_text())["wall_time_s"]
+    callback = TuneReport(plan, trial, config, system, report, start - earlier_s, trainer.iteration)
+    if restore is not None:
+        report(callback.metrics(trainer), None)
+    train(trainer, [callback], progress=False)
 
 
 class TuneReport:
     """Training callback of a trial: every ``report_every`` outer iterations (and after the
-    last one) evaluate the objectives on fresh EMA samples drawn with an own generator (so
-    evaluating never changes training) and call ``report(metrics)``."""
+    last one) evaluate the objectives on fresh EMA samples and call ``report(metrics,
+    checkpoint)`` (see :func:`train_trial`)."""
 
-    def __init__(self, plan: TunePlan, trial, config: Config, system, report: Callable[[dict], None], start: float):
-        self.plan, self.trial, self.config, self.system, self.report, self.start = \
-            plan, trial, config, system, report, start
-        self.evaluation = torch.Generator().manual_seed(derive_seed(trial.seed, "evaluation"))
+    def __init__(self, plan: TunePlan, trial, config: Config, system, report: Callable[[dict, Path | None], None],
+                 start: float, resumed_from: int):
+        self.plan, self.trial, self.config, self.system, self.report, self.start, self.resumed_from = \
+            plan, trial, config, system, report, start, resumed_from
 
     def __call__(self, trainer) -> None:
-        plan = self.plan
-        if trainer.iteration % plan.settings.report_every and not trainer.finished:
+        s = self.plan.settings
+        if trainer.iteration % s.report_every and not trainer.finished:
             return
+        metrics = self.metrics(trainer)
+        if trainer.finished or (trainer.iteration // s.report_every) % s.checkpoint_every:
+            self.report(metrics, None)
+            return
+        with tempfile.TemporaryDirectory(prefix="metadns-tune-") as folder:
+            Checkpoint(Path(folder) / CHECKPOINT_FILE, every=1)(trainer)
+            atomic_write_text(Path(folder) / TRIAL_STATE_FILE, json.dumps({"wall_time_s": metrics["wall_time_s"]}))
+            self.report(metrics, Path(folder))
+
+    def metrics(self, trainer) -> dict:
+        """What the trial reports after the trainer's current outer iteration."""
+        s = self.plan.settings
         record = trainer.history[-1]
-        batch = trainer.ema_sampler.sample(plan.settings.eval_samples, self.evaluation,
-                                           batch_size=self.config.sampling.batch_size)
-        metrics = trial_objectives(self.system, plan.beta, batch.x.cpu(), batch.log_q.cpu(), plan.reference)
-        self.report({"training_iteration": trainer.iteration, OBJECTIVE_METRIC: metrics[plan.objective], **metrics,
-                     "trial": self.trial.index, "seed": self.trial.seed, "loss": record.loss,
-                     "max_bias_kT": record.max_bias_kT, "wall_time_s": time.perf_counter() - self.start})
+        sampler = trainer.ema_sampler
+        evaluation = torch.Generator(device=sampler.device).manual_seed(
+            derive_seed(self.trial.seed, f"evaluation-{trainer.iteration}"))
+        batch = sampler.sample(s.eval_samples, evaluation, batch_size=self.config.sampling.batch_size)
+        metrics = trial_objectives(self.system, self.plan.beta, batch.x.cpu(), batch.log_q.cpu(), self.plan.reference)
+        return {ITERATION_METRIC: trainer.iteration, OBJECTIVE_METRIC: metrics[self.plan.objective], **metrics,
+                "trial": self.trial.index, "seed": self.trial.seed, "loss": record.loss,
+                "max_bias_kT": record.max_bias_kT, "wall_time_s": time.perf_counter() - self.start,
+                "resumed_from": self.resumed_from, "device": str(sampler.device)}
 
 
 def _run_trial(params: dict, plan: TunePlan) -> None:
     """Ray Tune function trainable: :func:`train_trial` reporting to Tune (ASHA reads
-    ``training_iteration`` and ``objective``)."""
+    ``outer_iteration`` and ``objective``), continued from the trial's last Tune checkpoint
+    when Tune restarts it."""
     from ray import tune  # noqa: PLC0415 - inside the trial's worker
 
-    train_trial(plan, int(params["trial"]), tune.report)
+    def report(metrics: dict, folder: Path | None) -> None:
+        tune.report(metrics, checkpoint=None if folder is None else tune.Checkpoint.from_directory(folder))
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        train_trial(plan, int(params["trial"]), report)
+        return
+    with checkpoint.as_directory() as folder:
+        train_trial(plan, int(params["trial"]), report, Path(folder))
 
 
-def _ray_tune(plan: TunePlan, address: str | None, progress: bool):
-    """Run the sweep on Ray; returns the ResultGrid."""
+def trial_resources(plan: TunePlan) -> dict[str, float]:
+    """What each trial asks the connected Ray cluster for: ``{"cpu": cpus_per_trial, "gpu": …}``.
+    ``gpus_per_trial: auto`` is the rule of a trained sampler of ``metadns run``
+    (:func:`pipeline.distributed.executor.sampler_gpus` with ``gpus_per_run: auto``). Raises
+    ConfigError naming ``tune.<key>`` when the cluster could never run a trial."""
+    from pipeline.distributed.executor import sampler_gpus  # noqa: PLC0415 - imports ray
+    from pipeline.distributed.session import cluster_cpus, cluster_gpus  # noqa: PLC0415
+
+    s, config = plan.settings, plan.config
+    gpus = s.gpus_per_trial
+    if gpus == "auto":
+        gpus = sampler_gpus(replace(config, distributed=replace(config.distributed, gpus_per_run="auto")))
+    if config.training.device == "cuda" and gpus == 0:
+        raise ConfigError("tune.gpus_per_trial", f"is auto and training.device is cuda, but the Ray cluster has no "
+                          f"GPU ({cluster_gpus():g}); run on a cluster with GPUs or use training.device: auto")
+    for key, need, have in (("cpus_per_trial", s.cpus_per_trial, cluster_cpus()),
+                            ("gpus_per_trial", gpus, cluster_gpus())):
+        if need > have + 1e-9:
+            raise ConfigError(f"tune.{key}", f"a trial asks for {need:g} but the Ray cluster has {have:g}, so no "
+                              f"trial could start; lower tune.{key} or use a larger cluster")
+    return {"cpu": s.cpus_per_trial, "gpu": float(gpus)}
+
+
+def _ray_tune(plan: TunePlan, resources: dict[str, float], progress: bool):
+    """Run the sweep on the connected Ray, or continue the one saved in the tune folder;
+    returns the ResultGrid."""
     from ray import tune  # noqa: PLC0415
     from ray.tune.schedulers import ASHAScheduler  # noqa: PLC0415
 
-    from pipeline.distributed.session import ray_session  # noqa: PLC0415
-
     s = plan.settings
-    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=plan.max_t, grace_period=s.grace_period,
-                              reduction_factor=s.reduction_factor)
-    trainable = tune.with_resources(tune.with_parameters(_run_trial, plan=plan), {"cpu": s.cpus_per_trial})
-    with ray_session(address, num_cpus=os.cpu_count()):
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"trial": tune.grid_search([t.index for t in plan.trials])},
-            tune_config=tune.TuneConfig(metric=OBJECTIVE_METRIC, mode=plan.mode, scheduler=scheduler,
-                                        num_samples=1, max_concurrent_trials=s.max_concurrent_trials,
-                                        reuse_actors=True),
-            run_config=tune.RunConfig(name=plan.config.name, storage_path=str(plan.out_dir / "ray_results"),
-                                      verbose=1 if progress else 0),
-        )
+    trainable = tune.with_resources(tune.with_parameters(_run_trial, plan=plan), resources)
+    experiment = _experiment(plan)
+    if tune.Tuner.can_restore(experiment):   # a tune folder with an experiment exists only with --resume
+        tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True, resume_errored=True)
         return tuner.fit()
+    scheduler = ASHAScheduler(time_attr=ITERATION_METRIC, max_t=plan.max_t, grace_period=s.grace_period,
+                              reduction_factor=s.reduction_factor)
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"trial": tune.grid_search([t.index for t in plan.trials])},
+        tune_config=tune.TuneConfig(metric=OBJECTIVE_METRIC, mode=plan.mode, scheduler=scheduler,
+                                    num_samples=1, max_concurrent_trials=s.max_concurrent_trials,
+                                    reuse_actors=True),
+        run_config=tune.RunConfig(name=plan.config.name, storage_path=str(plan.out_dir / "ray_results"),
+                                  verbose=1 if progress else 0,
+                                  failure_config=tune.FailureConfig(max_failures=s.max_failures),
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS)),
+    )
+    return tuner.fit()
+
+
+def _experiment(plan: TunePlan) -> Path:
+    """Tune's experiment folder of the sweep."""
+    return plan.out_dir / "ray_results" / plan.config.name
+
+
+def _sweep_ended(plan: TunePlan) -> bool:
+    """Whether every trial had ended (finished, stopped by ASHA or failed) when Tune last saved
+    the experiment state. After an interruption Tune saves it and then stops the running
+    trials, which the ResultGrid then shows as terminated."""
+    from ray import tune  # noqa: PLC0415
+
+    trials = tune.ExperimentAnalysis(str(_experiment(plan))).trials
+    return len(trials) == len(plan.trials) and all(t.status in ("TERMINATED", "ERROR") for t in trials)
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -566,7 +696,8 @@ def _swept_columns(plan: TunePlan) -> dict[str, list]:
 
 
 def _collect(plan: TunePlan, results) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(trials table, history table) from a Ray ResultGrid."""
+    """(trials table, history table) from a Ray ResultGrid. A trial restarted from a checkpoint
+    reported some outer iterations twice; the later report of each is kept."""
     sign = 1.0 if plan.mode == "min" else -1.0
     swept = _swept_columns(plan)
     component_names = ("js_cv", "fes_rmse", "fes_coverage", "cv_coverage", "ess_fraction", "coverage_ess")
@@ -580,22 +711,23 @@ def _collect(plan: TunePlan, results) -> tuple[pd.DataFrame, pd.DataFrame]:
         frame = None if result is None else result.metrics_dataframe
         error = None if result is None else result.error
         if frame is not None and not frame.empty and OBJECTIVE_METRIC in frame:
-            frame = frame.sort_values("training_iteration")
+            frame = frame.drop_duplicates(ITERATION_METRIC, keep="last").sort_values(ITERATION_METRIC)
             last = frame.iloc[-1]
             objective = frame[OBJECTIVE_METRIC].to_numpy(dtype=np.float64)
-            row.update(iterations=int(last["training_iteration"]), final_objective=float(objective[-1]),
+            row.update(iterations=int(last[ITERATION_METRIC]), final_objective=float(objective[-1]),
                        best_objective=float(objective[np.argmin(sign * objective)]),
-                       stopped_early=bool(error is None and int(last["training_iteration"]) < plan.max_t),
-                       reports=len(frame), wall_time_s=float(last["wall_time_s"]))
+                       stopped_early=bool(error is None and int(last[ITERATION_METRIC]) < plan.max_t),
+                       reports=len(frame), wall_time_s=float(last["wall_time_s"]), device=str(last["device"]))
             row.update({f"final_{c}": float(last[c]) if c in last else math.nan for c in component_names})
-            history = pd.DataFrame({"trial": trial.index, "iteration": frame["training_iteration"].astype(np.int64),
+            history = pd.DataFrame({"trial": trial.index, "iteration": frame[ITERATION_METRIC].astype(np.int64),
                                     "objective": objective,
                                     **{c: frame[c].astype(np.float64) for c in component_names if c in frame},
-                                    "wall_time_s": frame["wall_time_s"].astype(np.float64)})
+                                    "wall_time_s": frame["wall_time_s"].astype(np.float64),
+                                    "resumed_from": frame["resumed_from"].astype(np.int64)})
             histories.append(history)
         else:
             row.update(iterations=0, final_objective=math.nan, best_objective=math.nan, stopped_early=False,
-                       reports=0, wall_time_s=math.nan)
+                       reports=0, wall_time_s=math.nan, device="")
             row.update({f"final_{c}": math.nan for c in component_names})
         row["error"] = "" if error is None else f"{type(error).__name__}: {error}"[:2000]
         rows.append(row)
@@ -658,12 +790,56 @@ def print_trials(plan: TunePlan, trials: pd.DataFrame, best: int) -> None:
     print(f"best trial: {best}; config written to {plan.out_dir / 'best.yaml'}")
 
 
-def run_tune(plan: TunePlan, address: str | None = None, progress: bool = True, source: str = "") -> pd.DataFrame:
-    """Run a planned sweep on Ray and write its outputs; returns the trials table."""
+def check_same_sweep(plan: TunePlan) -> None:
+    """Raise TuneFolderExists unless the tune folder's config.yaml is the plan's config (same
+    config_hash), naming the keys that differ."""
+    saved = plan.out_dir / SWEEP_CONFIG
+    if not saved.is_file():
+        raise TuneFolderExists(f"cannot resume {plan.out_dir}: it holds no {SWEEP_CONFIG} (written when a sweep "
+                               "starts), so it cannot be checked to be this sweep; remove it or choose another --out")
+    try:
+        stored = config_from_dict(yaml.safe_load(saved.read_text())).to_dict()
+    except ConfigError:
+        stored = {}
+    wanted = plan.config.to_dict()
+    if config_hash(stored) == config_hash(wanted):
+        return
+    from pipeline.campaign_report import flatten_config  # noqa: PLC0415 - only for this message
+
+    old, new = flatten_config(stored), flatten_config(wanted)
+    changed = sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
+    raise TuneFolderExists(f"cannot resume {plan.out_dir}: it holds another sweep (config hash "
+                           f"{config_hash(stored)}, this one {config_hash(wanted)}; differing keys: "
+                           f"{', '.join(changed)}); resume with the settings of its {SWEEP_CONFIG}, or choose "
+                           "another --out")
+
+
+def run_tune(plan: TunePlan, address: str | None = None, progress: bool = True, source: str = "",
+             resume: bool = False) -> pd.DataFrame:
+    """Run a planned sweep on Ray and write its outputs; returns the trials table.
+
+    An existing tune folder is refused (TuneFolderExists) unless ``resume``; then it must hold
+    the same sweep (:func:`check_same_sweep`), and Tune's saved experiment is continued:
+    unfinished and errored trials from their last checkpoints, finished ones kept. A sweep that
+    stops before every trial ended (SIGINT, SIGUSR1) saves its state and raises RunFailed."""
     if plan.out_dir.exists():
-        raise TuneFolderExists(f"{plan.out_dir} already exists; remove it or choose another --out")
-    plan.out_dir.mkdir(parents=True)
-    results = _ray_tune(plan, address, progress)
+        if not resume:
+            raise TuneFolderExists(f"{plan.out_dir} already exists; pass --resume to continue its sweep, or remove "
+                                   "it or choose another --out")
+        check_same_sweep(plan)
+    from pipeline.distributed.session import ray_session  # noqa: PLC0415
+
+    with ray_session(address):
+        resources = trial_resources(plan)
+        plan.out_dir.mkdir(parents=True, exist_ok=True)
+        if not (plan.out_dir / SWEEP_CONFIG).exists():
+            write_yaml(plan.out_dir / SWEEP_CONFIG, plan.config.to_dict())
+        results = _ray_tune(plan, resources, progress)
+        ended = _sweep_ended(plan)
+    if not ended:
+        raise RunFailed(f"the sweep stopped before all its trials ended; Tune saved its state, continue it with "
+                        f"`metadns tune {source or 'CONFIG'} --out {plan.out_dir.parent.parent} --resume` (and "
+                        "the same --set and --profile options)")
     trials, history = _collect(plan, results)
     best = write_outputs(plan, trials, history, source)
     print_trials(plan, trials, best)
@@ -671,12 +847,13 @@ def run_tune(plan: TunePlan, address: str | None = None, progress: bool = True, 
 
 
 def tune_command(config_path: str | Path, out: str | Path = "runs", overrides: Sequence[str] = (),
-                 profile: str | None = None, address: str | None = None, progress: bool = True) -> int:
-    """``metadns tune``: returns 0.  An invalid config or an existing tune folder raise a
-    SetupError before anything is written (``metadns`` exits 2); a failure during the sweep
-    propagates (exit 1)."""
+                 profile: str | None = None, address: str | None = None, progress: bool = True,
+                 resume: bool = False) -> int:
+    """``metadns tune``: returns 0.  An invalid config, or an existing tune folder without
+    ``resume`` or holding another sweep, raise a SetupError before anything is written
+    (``metadns`` exits 2); a failure or an interruption during the sweep propagates (exit 1)."""
     with setup_errors(FileNotFoundError):
         config = load_config(config_path, overrides, profile=profile)
         plan = plan_tune(config, out)
-    run_tune(plan, address, progress, source=str(config_path))
+    run_tune(plan, address, progress, source=str(config_path), resume=resume)
     return 0

@@ -11,12 +11,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
 
 from pipeline import outputs, plots
+from pipeline.campaign_report import make_report
 from pipeline.config import config_from_dict, config_hash
 from pipeline.outputs import (
     OBSERVABLES_SCHEMA,
@@ -32,6 +34,7 @@ from pipeline.outputs import (
     write_parquet,
     write_yaml,
 )
+from tests.pipeline.test_export import ALLOY_CHAINS, ISING, finished_run
 
 CONFIG = config_from_dict({"methods": ["metadns"], "system": {"name": "ising", "L": 4, "beta": 0.6}}, "t")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -293,6 +296,58 @@ def test_samples_table_validates():
         samples_table(**{**args, "x": x + 200})
     with pytest.raises(ValueError, match="x must hold integers"):
         samples_table(**{**args, "x": x.astype(float)})
+
+
+# ---------------------------------------------------------------- units (field metadata)
+
+def units_of(path) -> dict[str, str]:
+    """Column → unit from the Parquet file's field metadata (columns without one left out)."""
+    return {field.name: field.metadata[outputs.UNIT_KEY].decode() for field in pq.read_schema(path)
+            if field.metadata and outputs.UNIT_KEY in field.metadata}
+
+
+@pytest.fixture(scope="module")
+def lattice_and_alloy_runs(tmp_path_factory):
+    """A tiny Ising (Swendsen–Wang) and a tiny alloy (Metropolis, EMT, 8 sites) run under one root."""
+    root = tmp_path_factory.mktemp("runs")
+    return root, finished_run(ISING, "ising4", root), finished_run(ALLOY_CHAINS, "alloy8", root)
+
+
+def test_schema_with_units_keeps_other_metadata_and_lets_units_win():
+    schema = pa.schema([pa.field("energy", pa.float64(), metadata={"note": "kept"}), ("wall_time_s", pa.float64()),
+                        ("free_energy_kT", pa.float64()), ("name", pa.string())], metadata={"k": "v"})
+    marked = outputs.schema_with_units(schema, {"energy": "eV", "free_energy_kT": "nat", "absent": "J"})
+    assert marked.field("energy").metadata == {b"note": b"kept", b"unit": b"eV"}
+    assert marked.field("wall_time_s").metadata == {b"unit": b"s"}          # NAMED_UNITS
+    assert marked.field("free_energy_kT").metadata == {b"unit": b"nat"}     # the caller's unit wins
+    assert marked.field("name").metadata is None
+    assert marked.metadata == {b"k": b"v"}
+
+
+def test_run_files_carry_their_system_units(lattice_and_alloy_runs):
+    _, ising_run, alloy_run = lattice_and_alloy_runs
+    logs = {"log_q": "nat", "log_w_bias": "nat", "log_w_likelihood": "nat"}
+    assert units_of(ising_run / "samples.parquet") == {"energy": "J", "cv_m": "1", **logs}
+    assert units_of(alloy_run / "samples.parquet") == {"energy": "eV", "cv_x_Au": "1", **logs}
+    assert units_of(ising_run / "observables.parquet") == {"temperature": "J/k_B", "beta": "1/J", "delta_mu": "J"}
+    assert units_of(alloy_run / "observables.parquet") == {"temperature": "K", "beta": "1/eV", "delta_mu": "eV"}
+    assert units_of(alloy_run / "fes.parquet") == {"x_Au": "1", "free_energy_kT": "kT", "stderr": "kT",
+                                                   "delta_mu": "eV"}
+    assert units_of(ising_run / "histograms.parquet") == {"bin_lower": "J", "bin_upper": "J"}
+
+
+def test_report_tables_carry_the_units_their_runs_agree_on(lattice_and_alloy_runs):
+    root, _, alloy_run = lattice_and_alloy_runs
+    make_report(root, progress=False)
+    mixed = units_of(root / "summary.parquet")
+    assert "temperature" not in mixed and "beta" not in mixed  # J/k_B for Ising, K for the alloy
+    assert mixed["x_Au"] == mixed["abs_magnetisation"] == "1" and mixed["formation_energy_per_atom"] == "eV"
+    assert mixed["wall_time_s"] == "s"
+    make_report(alloy_run.parent, progress=False)
+    alloy_only = units_of(alloy_run.parent / "runs.parquet")
+    assert alloy_only == {"temperature": "K", "beta": "1/eV"}
+    observables = ds.dataset(alloy_run.parent / "dataset" / "observables", partitioning="hive").schema
+    assert observables.field("temperature_value").metadata[outputs.UNIT_KEY] == b"K"
 
 
 # ---------------------------------------------------------------- plots

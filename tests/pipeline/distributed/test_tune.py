@@ -4,16 +4,24 @@ The objectives are checked against exact enumeration of the Ising L = 4 model (6
 with closed-form expectations; a real sweep (8 trials, ASHA with grace period 1 and reduction
 factor 2 over 6 outer iterations, one trial at a time so the order of reports is fixed) is
 checked by replaying ASHA's rule on the reported objectives, by retraining its best trial in
-this process (same numbers as in the Ray worker), and by loading its best.yaml. Invalid
-``tune`` sections exit 2 naming the field, before anything is written or Ray is started.
+this process (same numbers as in the Ray worker), and by loading its best.yaml. A sweep
+interrupted in a subprocess is resumed with ``--resume`` from its trials' checkpoints, and a
+trial whose worker is killed is retried from its checkpoint. Invalid
+``tune`` sections exit 2 naming the field, before anything is written or Ray is started; the
+GPU and CPU requests of trials are checked against a pretended cluster.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +32,16 @@ import yaml
 
 from pipeline import cli
 from pipeline.config import ConfigError, apply_overrides, config_from_dict, load_config
-from pipeline.distributed.tune import plan_tune, train_trial, trial_objectives
+from pipeline.distributed import executor, session
+from pipeline.distributed.tune import plan_tune, train_trial, trial_objectives, trial_resources
 from pipeline.outputs import read_parquet_metadata
 from pipeline.build import build_system
 from pipeline.campaign import prepare_campaign
 from pipeline.runner import run_campaign
 from systems.exact import exact_ensemble
+from tests.cli_runner import run_cli
 
+REPO = Path(__file__).resolve().parents[3]
 BETA = 0.6
 L = 4
 D = L * L
@@ -198,15 +209,161 @@ def test_tune_sweep_stops_trials_with_asha_and_writes_the_best_config(tmp_path, 
     # The Ray worker reported exactly what the single-process trial computes.
     plan = plan_tune(load_config(config_path), out.parent / "elsewhere")
     reports = []
-    train_trial(plan, best, reports.append)
+    train_trial(plan, best, lambda metrics, checkpoint: reports.append(metrics))
     mine = history[history.trial == best].sort_values("iteration")
-    assert [r["training_iteration"] for r in reports] == mine.iteration.tolist()
+    assert [r["outer_iteration"] for r in reports] == mine.iteration.tolist()
     assert [r["js_cv"] for r in reports] == pytest.approx(mine.js_cv.tolist(), rel=1e-9, abs=1e-12)
     assert reports[-1]["seed"] == trials.seed[best]
 
     # The tune folder is not overwritten.
     assert cli.main(["tune", str(config_path), "--out", str(out), "--quiet"]) == 2
-    assert "already exists" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "already exists" in err and "pass --resume" in err
+
+
+# ----------------------------------------------------------------------------- resources, interruption, resume
+RESUMABLE = {**TINY, "training": {**TINY["training"], "outer_iterations": 40},
+             "tune": {**TINY["tune"], "num_samples": 2, "grace_period": 40, "eval_samples": 200}}
+
+
+def _checkpoints(out: Path, trial: str = "*") -> list[Path]:
+    return list((out / "tiny" / "tune" / "ray_results" / "tiny").glob(f"*trial={trial}_*/checkpoint_*"))
+
+
+def _kill_trial_worker_when(ready, deadline: float) -> None:
+    """Once ``ready()``, SIGKILL the Ray Tune trial workers (``ray::ImplicitFunc``) descending
+    from this process, as if their node had died (Linux /proc)."""
+    while not ready() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    family, grown = {os.getpid()}, True
+    while grown:
+        children = {pid for pid, parent in parents.items() if parent in family} - family
+        family |= children
+        grown = bool(children)
+    for pid in family - {os.getpid()}:
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::ImplicitFunc"):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_an_interrupted_sweep_resumes_from_its_trials_checkpoints(tmp_path, request):
+    """``metadns tune`` in a subprocess is interrupted (SIGINT, as Ctrl+C) once trial 0 has a
+    checkpoint; ``--resume`` continues it, and there trial 1's worker is killed once it has
+    two checkpoints (Tune retries it, tune.max_failures): every trial once, each trial's
+    history 1..T without gaps or repeats, both trials continued from a checkpoint, and the
+    interrupted one reporting exactly what an uninterrupted trial does."""
+    config_path = _write(tmp_path, RESUMABLE)
+    out = tmp_path / "runs"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "pipeline.cli", "tune", str(config_path), "--out", str(out), "--quiet"]
+    log = tmp_path / "interrupted.log"
+    with log.open("w") as sink:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not _checkpoints(out) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _checkpoints(out), log.read_text()[-3000:]
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)   # the local Ray it started, if anything is left
+    err = log.read_text()
+    assert process.returncode == 1, err[-3000:]
+    assert "--resume" in err
+    tune_dir = out / "tiny" / "tune"
+    assert not (tune_dir / "trials.parquet").exists()
+
+    code, _, err = run_cli("tune", config_path, "--out", out, "--quiet")
+    assert code == 2 and "pass --resume" in err
+    code, _, err = run_cli("tune", config_path, "--out", out, "--resume", "--set", "tune.eval_samples=300")
+    assert code == 2 and "another sweep" in err and "tune.eval_samples" in err
+
+    request.getfixturevalue("local_ray")
+    def second_checkpoint() -> bool:
+        return any(path.name != "checkpoint_000000" for path in _checkpoints(out, "1"))
+
+    killer = threading.Thread(target=_kill_trial_worker_when, args=(second_checkpoint, time.monotonic() + 120))
+    killer.start()
+    code, _, err = run_cli("tune", config_path, "--out", out, "--resume", "--quiet")
+    killer.join()
+    assert code == 0, err[-3000:]
+    trials = pd.read_parquet(tune_dir / "trials.parquet")
+    history = pd.read_parquet(tune_dir / "history.parquet")
+    assert sorted(trials.trial) == [0, 1] and (trials.error == "").all()
+    assert (trials.iterations == 40).all() and (trials.device == "cpu").all()
+    for _, reports in history.groupby("trial"):
+        assert reports.iteration.tolist() == list(range(1, 41))
+    assert (tune_dir / "best.yaml").is_file()
+    resumed = history[history.resumed_from > 0]
+    assert sorted(resumed.trial.unique()) == [0, 1]       # both continued from a checkpoint ...
+    trial = 0
+    start = int(resumed[resumed.trial == trial].resumed_from.iloc[0])
+    assert resumed[resumed.trial == trial].iteration.min() == start      # reported again after the restore
+    mine = history[history.trial == trial].sort_values("iteration")
+    assert (mine.resumed_from[mine.iteration < start] == 0).all()
+
+    # ... and reported what an uninterrupted trial reports.
+    reports = []
+    train_trial(plan_tune(load_config(config_path), tmp_path / "elsewhere"), trial,
+                lambda metrics, checkpoint: reports.append(metrics))
+    assert [r["js_cv"] for r in reports] == pytest.approx(mine.js_cv.tolist(), rel=1e-9, abs=1e-12)
+
+
+def test_gpus_per_trial_sets_what_each_trial_asks_ray_for(monkeypatch):
+    """``gpus_per_trial: auto`` asks for one GPU where the cluster has GPUs and training.device
+    is not cpu; a number is asked as given; requests the cluster cannot grant are refused."""
+    cluster = {"CPU": 2.0, "GPU": 2.0}
+    for module in (session, executor):
+        monkeypatch.setattr(module, "cluster_cpus", lambda: cluster["CPU"])
+        monkeypatch.setattr(module, "cluster_gpus", lambda: cluster["GPU"])
+
+    def request(gpus="auto", device="auto", cpus=1):
+        content = {**TINY, "training": {**TINY["training"], "device": device},
+                   "tune": {**TINY["tune"], "gpus_per_trial": gpus, "cpus_per_trial": cpus}}
+        return trial_resources(plan_tune(config_from_dict(content), "unused"))
+
+    assert request() == {"cpu": 1, "gpu": 1.0}
+    assert request(0.25, cpus=0.5) == {"cpu": 0.5, "gpu": 0.25}
+    assert request(device="cpu") == {"cpu": 1, "gpu": 0.0}
+    for gpus, device, cpus, field in ((4, "auto", 1, "tune.gpus_per_trial"), ("auto", "auto", 3, "tune.cpus_per_trial"),
+                                      (1, "cpu", 1, "tune.gpus_per_trial"), (0, "cuda", 1, "tune.gpus_per_trial")):
+        with pytest.raises(ConfigError) as error:
+            request(gpus, device, cpus)
+        assert error.value.field == field
+    cluster["GPU"] = 0.0
+    assert request() == {"cpu": 1, "gpu": 0.0}
+    with pytest.raises(ConfigError) as error:
+        request(device="cuda")
+    assert error.value.field == "tune.gpus_per_trial" and "no GPU" in error.value.message
+
+
+def test_a_local_ray_gets_the_allocated_cpus(monkeypatch):
+    """``allocated_cpus``: the CPU affinity, at most SLURM_CPUS_ON_NODE; ray_session starts a
+    local instance with it."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.delenv("SLURM_CPUS_ON_NODE", raising=False)
+    assert session.allocated_cpus() == 4
+    for slurm, expected in (("2", 2), ("16", 4), ("", 4)):
+        monkeypatch.setenv("SLURM_CPUS_ON_NODE", slurm)
+        assert session.allocated_cpus() == expected
+    started = {}
+    monkeypatch.setenv("SLURM_CPUS_ON_NODE", "3")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", raising=False)
+    monkeypatch.setattr(session.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(session.ray, "init", lambda **kwargs: started.update(kwargs))
+    monkeypatch.setattr(session.ray, "shutdown", lambda: None)
+    with session.ray_session():
+        pass
+    assert started["address"] == "local" and started["num_cpus"] == 3
 
 
 # ----------------------------------------------------------------------------- validation
@@ -228,6 +385,10 @@ def test_tune_sweep_stops_trials_with_asha_and_writes_the_best_config(tmp_path, 
     ("tune.reduction_factor=1", "tune.reduction_factor", "> 1"),
     ("tune.num_samples=0", "tune.num_samples", ">= 1"),
     ("tune.cpus_per_trial=0", "tune.cpus_per_trial", "> 0"),
+    ("tune.gpus_per_trial=-1", "tune.gpus_per_trial", ">= 0"),
+    ("tune.gpus_per_trial=all", "tune.gpus_per_trial", "auto"),
+    ("tune.checkpoint_every=0", "tune.checkpoint_every", ">= 1"),
+    ("tune.max_failures=-1", "tune.max_failures", ">= 0"),
     ("tune.reference=nowhere", "tune.reference", "not a finished run folder"),
 ])
 def test_invalid_tune_sections_exit_2_naming_the_field_and_write_nothing(tmp_path, capsys, override, field, words):
