@@ -4,7 +4,8 @@
                 [--executor ray|inline] [--address HOST:PORT] [--dry-run]
     metadns energy --config CONFIG.yaml FILE... [--set key=value ...] [--out TABLE.parquet]
     metadns fit-ce --out MODEL.ce [--label emt|mace --model FILE] [--species Cu Au] [--cutoffs 6 4.5 4.5] ...
-    metadns submit CONFIG.yaml [--out DIR] [--nodes N] [--gpus-per-node G] [--time T] ... [--dry-run] [--wait]
+    metadns submit [run|tune] CONFIG.yaml [--out DIR] [--nodes N] [--gpus-per-node [TYPE:]G] [--time T] ...
+                   [--setup LINE ...] [--dry-run] [--wait]
     metadns tune CONFIG.yaml [--out DIR] [--set key=value ...] [--profile NAME] [--address HOST:PORT] [--resume]
                  [--quiet]
     metadns report DIR [--quiet]
@@ -61,7 +62,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="override a dotted config key, e.g. --set bias.gamma=5 (repeatable)")
     run.add_argument("--resume", action="store_true",
                      help="continue runs from their last checkpoint (finished runs are kept)")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--quiet", action="store_true", help="no progress bars; instead one line per training run "
+                     "every $METADNS_PROGRESS_EVERY minutes (default 5; 0: none)")
     run.add_argument("--executor", choices=("ray", "inline"), default="ray",
                      help="ray (default): runs in Ray actors, on a local instance unless --address/RAY_ADDRESS "
                           "names a cluster; inline: one process, one run after the other (debugging)")
@@ -91,16 +93,21 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--fit-method", default="least-squares", help="trainstation method (least-squares, lasso, ardr, …)")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
-    submit = commands.add_parser("submit", help="submit a campaign as a Slurm job (Ray head + workers, token auth on)")
+    submit = commands.add_parser("submit", help="submit a campaign (or a Tune sweep) as a Slurm job (Ray head + "
+                                                "workers, token auth on)")
     submit.set_defaults(handler=_submit)
+    submit.add_argument("command", nargs="?", choices=("run", "tune"), default="run",
+                        help="what the job runs: `metadns run` (default) or `metadns tune` on the config")
     submit.add_argument("config", type=Path, help="YAML run configuration (validated before submitting)")
     submit.add_argument("--out", type=Path, default=Path("runs"),
                         help="output root on shared storage (default: runs/); script and logs: OUT/<name>/slurm/")
     submit.add_argument("--profile", default=None, help="apply a named profile from the config's `profiles:` section")
     submit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a dotted config key (repeatable; passed on to `metadns run`)")
+                        help="override a dotted config key (repeatable; passed on to `metadns run`/`tune`)")
     submit.add_argument("--nodes", type=int, default=1, help="Slurm nodes, one Ray node each (default 1)")
-    submit.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node for Slurm and Ray (default 0)")
+    submit.add_argument("--gpus-per-node", default="0", metavar="[TYPE:]COUNT",
+                        help="GPUs per node, e.g. 4 or a100:4 (#SBATCH --gpus-per-node; Ray detects them; every node "
+                             "checks CUDA before Ray starts); default 0")
     submit.add_argument("--cpus-per-node", type=int, default=None,
                         help="CPUs per node (default: whole nodes, --exclusive)")
     submit.add_argument("--mem", default=None, help="memory per node, e.g. 64G (default: the cluster's)")
@@ -115,7 +122,16 @@ def _parser() -> argparse.ArgumentParser:
                             "(default: the one running this command)")
     submit_env.add_argument("--conda-env", default=None, help="conda environment (name or prefix) the job activates")
     submit_env.add_argument("--no-env", action="store_true", help="activate nothing: use the PATH sbatch passes on")
-    submit.add_argument("--ray-port", type=int, default=0, help="Ray head port (default: 20000 + job id mod 10000)")
+    submit.add_argument("--setup", action="append", default=[], metavar="LINE",
+                        help="shell line the job runs before anything else, e.g. --setup 'module load cuda/12.4' "
+                             "(repeatable, in order)")
+    submit.add_argument("--ray-port", type=int, default=0,
+                        help="first port of the job's block of Ray ports, the head's (GCS) port (default: derived "
+                             "from the job id so that jobs sharing a node do not collide; cluster/README.md)")
+    submit.add_argument("--head-ip", default=None, help="IPv4 address of the head node that the other nodes reach "
+                        "(default: what the head's host name resolves to)")
+    submit.add_argument("--ray-interface", default=None, metavar="IFACE",
+                        help="take the head's address from this network interface of the head node, e.g. ib0")
     submit.add_argument("--loopback", action="store_true",
                         help="single-node jobs: Ray on 127.0.0.1 only (tests, development)")
     submit.add_argument("--signal-seconds", type=int, default=120,
@@ -246,6 +262,11 @@ def _run(args) -> int:
     if args.dry_run:
         _print_run_folders(points, Path(args.out))
         return 0
+    from pipeline.progress_lines import ProgressLines, progress_every_s  # noqa: PLC0415
+
+    # Batch jobs (--quiet) get a progress line every few minutes; a bad METADNS_PROGRESS_EVERY
+    # is bad input (exit 2) found here, before any run starts.  The Ray executor's driver reads it too.
+    lines = ProgressLines(progress_every_s()) if args.quiet else None
 
     from pipeline.campaign_report import make_report  # noqa: PLC0415 - torch from here on
     from pipeline.campaign import prepare_campaign  # noqa: PLC0415
@@ -260,7 +281,7 @@ def _run(args) -> int:
                      for tag, point_config in points]
     progress = not args.quiet
     if args.executor == "inline":
-        results = [run_campaign(campaign, progress=progress) for campaign in campaigns]
+        results = [run_campaign(campaign, progress=progress, lines=lines) for campaign in campaigns]
     else:  # a ConfigError here: the Ray cluster cannot fit the requested actors; nothing was written
         results = _run_on_ray(campaigns, args.address, progress=progress)
     for campaign, campaign_results in zip(campaigns, results):

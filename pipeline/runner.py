@@ -23,6 +23,7 @@ from pipeline.config import Config, RunSpec
 from pipeline.devices import DeviceChoice, choose_device, configure_numerics, device_report, keep_freed_host_memory
 from pipeline.errors import RunFailed
 from pipeline.outputs import atomic_write_text, provenance_metadata, remove_stale_temporaries, write_yaml
+from pipeline.progress_lines import ProgressLines
 from pipeline.reference_data import ReferenceData, reference_for
 from pipeline.registry import METHODS
 
@@ -80,8 +81,9 @@ class RunResult:
     node: str = ""
 
 
-def run_campaign(campaign: Campaign, progress: bool = True) -> list[RunResult]:
-    """Execute every run of the campaign in order; returns their summaries."""
+def run_campaign(campaign: Campaign, progress: bool = True, lines: ProgressLines | None = None) -> list[RunResult]:
+    """Execute every run of the campaign in order; returns their summaries.  ``lines``: a
+    printer of periodic one-line progress that every trained run feeds (batch jobs)."""
     campaign.root.mkdir(parents=True, exist_ok=True)
     if campaign.config.training.threads is not None:
         torch.set_num_threads(campaign.config.training.threads)
@@ -89,7 +91,9 @@ def run_campaign(campaign: Campaign, progress: bool = True) -> list[RunResult]:
     for spec in campaign.runs:
         if progress:
             print(f"== {campaign.config.name}: {spec.run_name}", flush=True)
-        results.append(execute_run(campaign, spec, progress))
+        label = f"{campaign.point}/{spec.run_name}" if campaign.point else spec.run_name
+        services = None if lines is None else RunServices(report_progress=lines.reporter(label))
+        results.append(execute_run(campaign, spec, progress, services))
     return results
 
 

@@ -1,18 +1,23 @@
-"""``metadns submit``: render the Slurm batch script of a campaign and submit it with sbatch.
+"""``metadns submit [run|tune]``: render the Slurm batch script of a campaign (or of a Tune
+sweep) and submit it with sbatch.
 
-The script (``cluster/metadns_ray.sbatch.template``) starts a Ray head on the first node of
-the allocation and one Ray worker on each other node (``srun``, one task per node), keeps
-Ray token authentication on (token file on shared storage, mode 600) and runs
-``metadns run CONFIG --out OUT --resume --executor ray --address HEAD:PORT`` as the driver.
-It is written to ``OUT/<config name>/slurm/job.sbatch``; Slurm's log goes beside it
-(``slurm-<job id>.out``).  Jobs are requeueable: a preempted job, or one near its time
-limit, is requeued and resumes from its last checkpoint.
+The script (``cluster/metadns_ray.sbatch.template``) follows Ray's Slurm guide: a Ray head on
+the batch host and one Ray worker on each other node (``srun``, one task per node, each reading
+its own node's CPUs; Ray detects GPUs), with every Ray port taken from a block derived from the
+job id.  It keeps Ray token authentication on (token file on shared storage, mode 600), checks
+CUDA on every node first when GPUs are requested, and runs ``metadns run CONFIG --out OUT
+--resume --quiet --executor ray --address HEAD:PORT`` (or ``metadns tune ... --resume``) as the
+driver.  It is written to ``OUT/<config name>/slurm/job.sbatch`` (``tune.sbatch``); Slurm's log
+goes beside it (``slurm-<job id>.out``), and so do Ray's logs of a failed job
+(``ray-logs-<job id>/``).  Jobs are requeueable: a preempted job, or one near its time limit,
+is requeued and resumes from its last checkpoint.
 
 Nothing here imports ``ray``: this module only validates, renders and calls Slurm's commands.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import shlex
 import shutil
@@ -28,8 +33,17 @@ from pipeline.outputs import atomic_write_text
 from pipeline.campaign import prepare_campaign
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "cluster" / "metadns_ray.sbatch.template"
-SCRIPT_NAME = "job.sbatch"
+SCRIPT_NAMES = {"run": "job.sbatch", "tune": "tune.sbatch"}
 TOKEN_NAME = "ray_auth_token"
+PORT_FIRST = 10000
+PORT_BLOCK = 550
+PORT_SLOTS = 40
+"""A job's Ray ports: the block of PORT_BLOCK ports from PORT_FIRST + PORT_BLOCK × (job id mod
+PORT_SLOTS), i.e. 10000-31999, below Linux's ephemeral range.  In the block: +0 GCS, +1 Ray
+client server, +2 node manager, +3 object manager, +4/+5 dashboard agent (HTTP, gRPC), +6
+runtime-env agent, +7 metrics export, +8 to the end worker processes (542 per node)."""
+_GPUS = re.compile(r"^(?:([A-Za-z0-9_.-]+):)?(\d+)$")
+_INTERFACE = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
 # Slurm time formats: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S, or no limit.
 _TIME = re.compile(r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+|\d+-\d+:\d{1,2}|\d+-\d+:\d{1,2}:\d{1,2}"
                    r"|UNLIMITED|INFINITE)$", re.IGNORECASE)
@@ -45,19 +59,25 @@ class SubmitOptions:
     """What ``metadns submit`` renders.  Paths may be relative (made absolute against the
     current directory, which is also the job's working directory).
 
+    ``command``: "run" (a campaign) or "tune" (a Ray Tune sweep of the config).
+    ``gpus_per_node``: "COUNT" or "TYPE:COUNT" (e.g. "a100:4"); "0" asks for none.
     ``cpus_per_node`` None: whole nodes (``--exclusive``) and Ray gets every CPU Slurm gives.
     ``env``: ("venv", DIR) | ("conda", NAME_OR_PREFIX) | ("none", "") | None (the environment
-    of the Python running this, see :func:`default_environment`).  ``ray_port`` 0: derived
-    from the job id (20000 + id mod 10000) so that jobs sharing a node do not collide.
-    ``loopback``: single-node jobs only; Ray advertises and binds 127.0.0.1 (tests).
+    of the Python running this, see :func:`default_environment`).  ``setup``: shell lines the
+    job runs first (``module load ...``).  ``ray_port`` 0: the job's block of Ray ports is
+    derived from its id (PORT_FIRST); otherwise it starts there.  The head's address:
+    ``head_ip``, else the IPv4 address of ``ray_interface`` on the head, else what the head's
+    host name resolves to.  ``loopback``: single-node jobs only; Ray advertises and binds
+    127.0.0.1 (tests).
     """
 
     config: Path
+    command: str = "run"
     out: Path = Path("runs")
     profile: str | None = None
     overrides: tuple[str, ...] = ()
     nodes: int = 1
-    gpus_per_node: int = 0
+    gpus_per_node: str = "0"
     cpus_per_node: int | None = None
     mem: str | None = None
     time: str | None = None
@@ -66,7 +86,10 @@ class SubmitOptions:
     job_name: str | None = None
     sbatch_args: tuple[str, ...] = ()
     env: tuple[str, str] | None = None
+    setup: tuple[str, ...] = ()
     ray_port: int = 0
+    head_ip: str | None = None
+    ray_interface: str | None = None
     loopback: bool = False
     signal_seconds: int = 120
     startup_timeout_s: int = 300
@@ -129,11 +152,41 @@ def _sbatch_value(option: str, value: str) -> str:
     return value
 
 
+def gpu_request(value: str) -> tuple[str, int]:
+    """``--gpus-per-node`` as (the value of ``#SBATCH --gpus-per-node``, GPU count): "4" → ("4",
+    4), "a100:4" → ("a100:4", 4), "0" → ("", 0)."""
+    match = _GPUS.match(str(value).strip())
+    if match is None or (match.group(1) and int(match.group(2)) == 0):
+        raise SubmitError("--gpus-per-node", f"must be COUNT or TYPE:COUNT, e.g. 4 or a100:4 (COUNT ≥ 1 with a "
+                                             f"TYPE; 0: no GPUs), got {value!r}")
+    kind, count = match.group(1), int(match.group(2))
+    if count == 0:
+        return "", 0
+    return (f"{kind}:{count}" if kind else str(count)), count
+
+
+def _setup_block(lines: tuple[str, ...]) -> str:
+    """The ``--setup`` lines as script text: each runs in order (``set -u`` off, as module and
+    conda scripts read unset variables) and a non-zero status stops the job naming the line."""
+    if not lines:
+        return "# (no --setup lines)"
+    block = ["set +u  # module and conda scripts read unset variables"]
+    for number, line in enumerate(lines, start=1):
+        if not line.strip() or any(c in line for c in "\n\r\0") or line.rstrip().endswith("\\"):
+            raise SubmitError("--setup", f"takes one complete shell line per use (repeat the option for more; no "
+                                         f"line breaks or trailing backslash), got {line!r}")
+        block += [line, f'setup_status=$?; [[ $setup_status -eq 0 ]] || fail "--setup line {number} exited with '
+                        f'status $setup_status: "{shlex.quote(line)}']
+    block.append("set -u")
+    return "\n".join(block)
+
+
 def _check(options: SubmitOptions) -> None:
+    if options.command not in SCRIPT_NAMES:
+        raise SubmitError("command", f"must be one of {sorted(SCRIPT_NAMES)}, got {options.command!r}")
     if options.nodes < 1:
         raise SubmitError("--nodes", f"must be at least 1, got {options.nodes}")
-    if options.gpus_per_node < 0:
-        raise SubmitError("--gpus-per-node", f"must be 0 or more, got {options.gpus_per_node}")
+    gpu_request(options.gpus_per_node)
     if options.cpus_per_node is not None and options.cpus_per_node < 1:
         raise SubmitError("--cpus-per-node", f"must be at least 1, got {options.cpus_per_node}")
     if options.mem is not None and not _MEMORY.match(options.mem):
@@ -143,11 +196,25 @@ def _check(options: SubmitOptions) -> None:
                                     f"got {options.time!r}")
     if options.job_name is not None and not _JOB_NAME.match(options.job_name):
         raise SubmitError("--job-name", f"letters, digits and ._+- only (at most 128), got {options.job_name!r}")
-    if not 0 <= options.ray_port <= 65534:
-        raise SubmitError("--ray-port", f"must be 1–65534 (0: derived from the job id), got {options.ray_port}")
+    if options.ray_port != 0 and not 1024 <= options.ray_port <= 65536 - PORT_BLOCK:
+        raise SubmitError("--ray-port", f"is the first of the job's {PORT_BLOCK} Ray ports: 1024–{65536 - PORT_BLOCK} "
+                                        f"(0: derived from the job id), got {options.ray_port}")
     if options.loopback and options.nodes != 1:
         raise SubmitError("--loopback", f"binds Ray to 127.0.0.1, which only a single-node job can use; "
                                         f"drop it or use --nodes 1 (got --nodes {options.nodes})")
+    chosen = [name for name, value in (("--loopback", options.loopback), ("--head-ip", options.head_ip),
+                                       ("--ray-interface", options.ray_interface)) if value]
+    if len(chosen) > 1:
+        raise SubmitError(chosen[1], f"and {chosen[0]} both choose the head's address; keep one of them")
+    if options.head_ip is not None:
+        try:
+            ipaddress.IPv4Address(options.head_ip)
+        except ValueError:
+            raise SubmitError("--head-ip", f"must be the head node's IPv4 address, e.g. 10.1.2.3, got "
+                                           f"{options.head_ip!r}") from None
+    if options.ray_interface is not None and not _INTERFACE.match(options.ray_interface):
+        raise SubmitError("--ray-interface", f"must name a network interface, e.g. ib0 or eth0 (as `ip -o -4 addr` "
+                                             f"lists them), got {options.ray_interface!r}")
     if options.signal_seconds < 1:
         raise SubmitError("--signal-seconds", f"must be at least 1, got {options.signal_seconds}")
     if options.startup_timeout_s < 1:
@@ -162,16 +229,23 @@ def render(options: SubmitOptions) -> RenderedJob:
     """Validate the options and the config (nothing is written) and render the batch script.
 
     Raises SubmitError for bad options, ConfigError for an invalid config, RunFolderExists when
-    ``OUT`` holds runs of this campaign made with other settings, FileNotFoundError for a
-    missing config.
+    ``OUT`` holds runs of this campaign made with other settings (TuneFolderExists: another
+    sweep), FileNotFoundError for a missing config.
     """
     _check(options)
     workdir = Path(options.workdir).resolve()
     config_path = (workdir / options.config).resolve()
     out = (workdir / Path(options.out).expanduser()).resolve()
     config = load_config(config_path, options.overrides, profile=options.profile)
-    for tag, point_config in grid_points(config):  # everything `metadns run --resume` checks before writing
-        prepare_campaign(point_config, out, resume=True, point=tag, check_device=False)  # validated for the job's nodes
+    if options.command == "tune":  # everything `metadns tune --resume` checks before writing
+        from pipeline.distributed.tune import check_same_sweep, plan_tune  # noqa: PLC0415 - torch, only for sweeps
+
+        plan = plan_tune(config, out)
+        if plan.out_dir.exists():
+            check_same_sweep(plan)
+    else:
+        for tag, point_config in grid_points(config):  # everything `metadns run --resume` checks before writing
+            prepare_campaign(point_config, out, resume=True, point=tag, check_device=False)  # for the job's nodes
     slurm_dir = out / config.name / "slurm"
     for option, path in (("--out", slurm_dir), ("CONFIG", config_path), ("working directory", workdir)):
         _sbatch_value(option, str(path))
@@ -182,8 +256,9 @@ def render(options: SubmitOptions) -> RenderedJob:
         resources.append("#SBATCH --exclusive")
     else:
         resources.append(f"#SBATCH --cpus-per-task={options.cpus_per_node}")
-    if options.gpus_per_node:
-        resources.append(f"#SBATCH --gpus-per-node={options.gpus_per_node}")
+    gpus, gpu_count = gpu_request(options.gpus_per_node)
+    if gpu_count:
+        resources.append(f"#SBATCH --gpus-per-node={gpus}")
     if options.mem is not None:
         resources.append(f"#SBATCH --mem={options.mem}")
     if options.time is not None:
@@ -194,11 +269,13 @@ def render(options: SubmitOptions) -> RenderedJob:
         resources.append(f"#SBATCH --account={_sbatch_value('--account', options.account)}")
     extra = "\n".join(f"#SBATCH {arg}" for arg in options.sbatch_args) or "# (no extra sbatch options)"
 
-    run_options: list[str] = []
+    driver = ["metadns", options.command, str(config_path), "--out", str(out), "--resume", "--quiet"]
+    if options.command == "run":
+        driver += ["--executor", "ray"]
     if options.profile is not None:
-        run_options += ["--profile", options.profile]
+        driver += ["--profile", options.profile]
     for override in options.overrides:
-        run_options += ["--set", override]
+        driver += ["--set", override]
 
     fields = {
         "JOB_NAME": options.job_name or _sbatch_value("--job-name", f"metadns-{config.name}"),
@@ -208,14 +285,19 @@ def render(options: SubmitOptions) -> RenderedJob:
         "LOG_FILE": str(log_pattern),
         "WORKDIR": str(workdir),
         "SIGNAL_SECONDS": str(options.signal_seconds),
-        "CONFIG": shlex.quote(str(config_path)),
-        "OUT": shlex.quote(str(out)),
+        "DRIVER": " ".join(shlex.quote(word) for word in driver),
+        "DRIVER_STOP_SIGNAL": "INT" if options.command == "tune" else "TERM",  # Tune saves its state on SIGINT
         "SLURM_DIR": shlex.quote(str(slurm_dir)),
-        "RUN_OPTIONS": " ".join(shlex.quote(word) for word in run_options),
-        "GPUS_PER_NODE": str(options.gpus_per_node),
-        "RAY_PORT": str(options.ray_port),
+        "GPUS_PER_NODE": str(gpu_count),
+        "PORT_BASE": str(options.ray_port),
+        "PORT_FIRST": str(PORT_FIRST),
+        "PORT_BLOCK": str(PORT_BLOCK),
+        "PORT_SLOTS": str(PORT_SLOTS),
+        "HEAD_IP": shlex.quote(options.head_ip or ""),
+        "RAY_INTERFACE": shlex.quote(options.ray_interface or ""),
         "LOOPBACK": "1" if options.loopback else "0",
         "STARTUP_TIMEOUT_S": str(options.startup_timeout_s),
+        "SETUP": _setup_block(options.setup),
         "ACTIVATE": _activation(options.env or default_environment()),
     }
     try:
@@ -227,8 +309,8 @@ def render(options: SubmitOptions) -> RenderedJob:
     if missing:
         raise SubmitError("--template", f"{options.template} has fields this version does not fill: {missing}")
     script = _FIELD.sub(lambda match: fields[match.group(1)], template)
-    return RenderedJob(config=config, script=script, script_path=slurm_dir / SCRIPT_NAME, slurm_dir=slurm_dir,
-                       log_pattern=log_pattern)
+    return RenderedJob(config=config, script=script, script_path=slurm_dir / SCRIPT_NAMES[options.command],
+                       slurm_dir=slurm_dir, log_pattern=log_pattern)
 
 
 def _slurm_command(name: str) -> str:
@@ -323,11 +405,12 @@ def options_from_args(args) -> SubmitOptions:
     elif args.no_env:
         env = ("none", "")
     return SubmitOptions(
-        config=args.config, out=args.out, profile=args.profile, overrides=tuple(args.overrides), nodes=args.nodes,
-        gpus_per_node=args.gpus_per_node, cpus_per_node=args.cpus_per_node, mem=args.mem, time=args.time,
-        partition=args.partition, account=args.account, job_name=args.job_name, sbatch_args=tuple(args.sbatch_args),
-        env=env, ray_port=args.ray_port, loopback=args.loopback, signal_seconds=args.signal_seconds,
-        startup_timeout_s=args.startup_timeout, template=args.template or TEMPLATE)
+        config=args.config, command=args.command, out=args.out, profile=args.profile, overrides=tuple(args.overrides),
+        nodes=args.nodes, gpus_per_node=args.gpus_per_node, cpus_per_node=args.cpus_per_node, mem=args.mem,
+        time=args.time, partition=args.partition, account=args.account, job_name=args.job_name,
+        sbatch_args=tuple(args.sbatch_args), env=env, setup=tuple(args.setup), ray_port=args.ray_port,
+        head_ip=args.head_ip, ray_interface=args.ray_interface, loopback=args.loopback,
+        signal_seconds=args.signal_seconds, startup_timeout_s=args.startup_timeout, template=args.template or TEMPLATE)
 
 
 def submit_command(args) -> int:
@@ -344,4 +427,5 @@ def submit_command(args) -> int:
 
 
 __all__ = ["SubmitOptions", "RenderedJob", "SubmitError", "render", "submit", "submit_command", "job_state",
-           "wait_for_job", "default_environment", "options_from_args", "TEMPLATE"]
+           "wait_for_job", "default_environment", "options_from_args", "gpu_request", "TEMPLATE", "PORT_FIRST",
+           "PORT_BLOCK", "PORT_SLOTS"]
