@@ -1,6 +1,7 @@
 """The comparison table printed at the end of ``metadns run``: one row per run with its
 headline observables (main estimator), ESS, JS divergences against the reference and cost;
-written to ``comparison.parquet`` beside the runs (docs/outputs.md)."""
+written to ``comparison.parquet`` beside the runs (docs/outputs.md), with the units of the
+campaign's system and JS divergences in nats as field metadata."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pandas as pd
 from pipeline import estimators as est
 from pipeline.build import build_system
 from pipeline.campaign import Campaign
-from pipeline.outputs import provenance_metadata, write_parquet
+from pipeline.outputs import provenance_metadata, system_units, write_parquet
 from pipeline.registry import METHODS
 from pipeline.runner import RunResult, campaign_reference
 
@@ -23,10 +24,10 @@ def main_estimator(method: str) -> str:
     return traits.get("estimator", "likelihood" if traits["trained"] else "mcmc")
 
 
-def comparison_table(campaign: Campaign, results: list[RunResult]) -> pd.DataFrame:
-    """One row per run: headline observables (main estimator), ESS, JS vs the reference."""
+def comparison_table(campaign: Campaign, results: list[RunResult], system) -> pd.DataFrame:
+    """One row per run: headline observables (main estimator), ESS, JS vs the reference
+    (``system``: the campaign's, :func:`pipeline.build.build_system`)."""
     rows = []
-    system = build_system(campaign.config)
     for result in results:
         obs = pd.read_parquet(result.run_dir / "observables.parquet")
         obs = obs[obs.delta_mu == float(system.chemical_potential)]  # the run's own ensemble
@@ -66,9 +67,12 @@ def comparison_table(campaign: Campaign, results: list[RunResult]) -> pd.DataFra
 
 def write_and_print_comparison(campaign: Campaign, results: list[RunResult]) -> pd.DataFrame:
     """Write ``comparison.parquet`` under the campaign folder and print the table."""
-    table = comparison_table(campaign, results)
+    system = build_system(campaign.config)
+    table = comparison_table(campaign, results, system)
+    js_units = {column: "nat" for column in table.columns if column.startswith("js_")}
     write_parquet(table, campaign.root / "comparison.parquet",
-                  provenance_metadata(campaign.config.to_dict(), campaign.config.seed))
+                  provenance_metadata(campaign.config.to_dict(), campaign.config.seed),
+                  {**system_units(system), **js_units})
     with pd.option_context("display.max_columns", None, "display.width", 200,
                            "display.float_format", "{:.4g}".format):
         print(table.to_string(index=False))

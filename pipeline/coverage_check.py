@@ -60,7 +60,7 @@ def coverage_check(system, beta: float, bias, sampler, energy_fn, run_cv_mean: n
     burn_in = n_sweeps // 5
     cvs = []
     for sweep in tqdm(range(n_sweeps), desc="coverage check", unit="round", disable=not progress, leave=False):
-        state, _, _ = chain_round(state, target, generator, system.n_sites, sampler)
+        state, *_ = chain_round(state, target, generator, system.n_sites, sampler)
         if sweep >= burn_in:
             cvs.append(state.cv.numpy())
     cv = np.stack(cvs)                                                        # (rounds, chains, d)

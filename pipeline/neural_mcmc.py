@@ -111,10 +111,11 @@ def local_moves(state: ChainState, target: BiasedTarget, generator: torch.Genera
 
 
 def global_move(state: ChainState, target: BiasedTarget, sampler, generator: torch.Generator,
-                batch_size: int | None = None) -> tuple[ChainState, torch.Tensor]:
-    """One independence proposal per chain from the sampler; returns the new state and the
-    accepted mask bool ``(C,)``. Costs C energy evaluations (the proposals) and, when the cached
-    log q is stale, one batched ``log_prob`` of the current states."""
+                batch_size: int | None = None) -> tuple[ChainState, torch.Tensor, torch.Tensor]:
+    """One independence proposal per chain from the sampler; returns the new state, the
+    accepted mask bool ``(C,)`` and the proposals' importance log-weights for π_V, log π_V(x′) −
+    log q(x′ | σ′) float64 ``(C,)`` (unnormalised, nats). Costs C energy evaluations (the
+    proposals) and, when the cached log q is stale, one batched ``log_prob`` of the current states."""
     log_q = state.log_q
     if log_q is None:
         log_q = sampler.log_prob(state.x, state.order, batch_size=batch_size).cpu().to(torch.float64)
@@ -124,8 +125,8 @@ def global_move(state: ChainState, target: BiasedTarget, sampler, generator: tor
     log_q_new = proposal.log_q.cpu().to(torch.float64)
     energy_new = target.energy(x_new)
     cv_new = target.system.cv(x_new).to(torch.float64)
-    log_alpha = log_acceptance(target.log_density(state.energy, state.cv), log_q,
-                               target.log_density(energy_new, cv_new), log_q_new)
+    log_pi_new = target.log_density(energy_new, cv_new)
+    log_alpha = log_acceptance(target.log_density(state.energy, state.cv), log_q, log_pi_new, log_q_new)
     u = torch.rand(state.x.shape[0], generator=generator, device=generator.device, dtype=torch.float64).cpu()
     accept = torch.log(u) < log_alpha
     order = None if state.order is None else torch.where(accept[:, None], order_new, state.order)
@@ -133,7 +134,7 @@ def global_move(state: ChainState, target: BiasedTarget, sampler, generator: tor
                            torch.where(accept, energy_new, state.energy),
                            torch.where(accept[:, None], cv_new, state.cv),
                            torch.where(accept, log_q_new, log_q))
-    return new_state, accept
+    return new_state, accept, log_pi_new - log_q_new
 
 
 def refresh_orders(state: ChainState, sampler, generator: torch.Generator) -> ChainState:
@@ -145,13 +146,14 @@ def refresh_orders(state: ChainState, sampler, generator: torch.Generator) -> Ch
 
 
 def chain_round(state: ChainState, target: BiasedTarget, generator: torch.Generator, local_trials: int,
-                sampler=None) -> tuple[ChainState, int, torch.Tensor]:
+                sampler=None) -> tuple[ChainState, int, torch.Tensor, torch.Tensor | None]:
     """One round of the kernel: ``local_trials`` local trials per chain, then (with a
     ``sampler``) a global move and an order refresh. Returns the new state, the accepted local
-    trials over all chains and the accepted-global mask bool ``(C,)`` (all False without one)."""
+    trials over all chains, the accepted-global mask bool ``(C,)`` (all False without one) and
+    the proposals' log-weights float64 ``(C,)`` (:func:`global_move`; None without one)."""
     state, local_accepted = local_moves(state, target, generator, local_trials)
-    global_accepted = torch.zeros(state.x.shape[0], dtype=torch.bool)
+    global_accepted, proposal_log_w = torch.zeros(state.x.shape[0], dtype=torch.bool), None
     if sampler is not None:
-        state, global_accepted = global_move(state, target, sampler, generator)
+        state, global_accepted, proposal_log_w = global_move(state, target, sampler, generator)
         state = refresh_orders(state, sampler, generator)
-    return state, local_accepted, global_accepted
+    return state, local_accepted, global_accepted, proposal_log_w

@@ -156,7 +156,9 @@ def write_samples(ctx, states: np.ndarray, order: np.ndarray | None, energy, cv,
 def write_history(ctx, rows: list[dict]) -> None:
     """history.parquet: one row per outer iteration of a trained run (the trainer's
     IterationRecord: iteration, beta, loss, ess_fraction, max_bias_kT, cv_coverage, n_hills,
-    energy_evaluations so far, wall_time_s so far, fes_rmse_kT), across resumes."""
+    energy_evaluations so far, wall_time_s so far, fes_rmse_kT), or per block of a biased chain
+    run (pipeline.methods.chains.ChainHistory: the same columns where they apply, plus phase
+    and acceptance rates), across resumes."""
     _write_table(ctx, pd.DataFrame(rows), "history.parquet")
 
 

@@ -283,6 +283,10 @@ def parse_tune_settings(config: Config) -> TuneSettings:
     method = get("method", "metadns")
     if method not in TUNE_METHODS:
         raise ConfigError("tune.method", f"must be one of {', '.join(TUNE_METHODS)} (trained samplers), got {method!r}")
+    if method not in config.methods:
+        raise ConfigError("tune.method", f"is {method!r}, which is not among the config's methods "
+                                         f"({', '.join(config.methods)}); add it to `methods` or set "
+                                         f"`tune.method` to one of them")
     kind = "beta" if config.system.beta is not None else "temperature"
     given = config.system.beta if kind == "beta" else config.system.temperature
     temperature = raw.get("temperature")
@@ -766,8 +770,14 @@ def write_outputs(plan: TunePlan, trials: pd.DataFrame, history: pd.DataFrame, s
                                           "method": plan.settings.method, "beta": plan.beta,
                                           "space": canonical_json({e.key: {e.kind: list(e.values)}
                                                                    for e in plan.settings.space})})
-    write_parquet(trials, plan.out_dir / "trials.parquet", metadata)
-    write_parquet(history, plan.out_dir / "history.parquet", metadata)
+    # JS divergences in nats, FES RMSEs in k_BT; the objective columns in the objective's unit
+    # (coverage_ess, a fraction, has none)
+    component_units = {"js_cv": "nat", "fes_rmse": "kT"}
+    units = {f"{prefix}{name}": unit for name, unit in component_units.items() for prefix in ("", "final_")}
+    if plan.objective in component_units:
+        units |= dict.fromkeys(("objective", "final_objective", "best_objective"), component_units[plan.objective])
+    write_parquet(trials, plan.out_dir / "trials.parquet", metadata, units)
+    write_parquet(history, plan.out_dir / "history.parquet", metadata, units)
     index = best_trial(plan, trials)
     row = trials.set_index("trial").loc[index]
     header = (f"# Best trial {index} of `metadns tune {source}` ({len(trials)} trials, ASHA): {plan.objective} = "

@@ -3,7 +3,8 @@ and MCMC WT-MetaD (``mcmc-metad``: Metropolis chains sharing one well-tempered b
 
 Each chain algorithm returns a :class:`ChainRecord`: the recorded chain states after burn-in,
 with the per-state log-weights that make their averages estimates of the physical target
-(zero for unbiased chains; βV(ξ(x)) for chains run under a frozen metadynamics bias).
+(zero for unbiased chains; βV(ξ(x)) for chains run under a frozen metadynamics bias), and
+for biased chains the rows of history.parquet, one per block (:class:`ChainHistory`).
 :func:`finish_chain_run` turns a record into the run's outputs; error bars account for
 autocorrelation (docs/method.md §6).  The method entry points (registered in
 pipeline/registry.py) are :func:`swendsen_wang`, :func:`metropolis` and
@@ -12,6 +13,7 @@ pipeline/registry.py) are :func:`swendsen_wang`, :func:`metropolis` and
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -25,7 +27,9 @@ from pipeline.build import build_bias
 from pipeline.estimators import fes_rmse
 from pipeline.methods.delta_mu import delta_mu_scan
 from pipeline.reference_data import cv_bin_edges, histogram_inputs
-from pipeline.run_outputs import EnergyCost, cost_rows, observable_row, run_summary, write_run_outputs, write_samples
+from pipeline.run_outputs import (EnergyCost, cost_rows, observable_row, run_summary, write_history, write_run_outputs,
+                                  write_samples)
+from pipeline.training import CVRangeSeen
 from systems import reference_samplers
 
 
@@ -37,7 +41,8 @@ class ChainRecord:
     importance weight of each recorded state for the physical target (0 when the
     chain samples it directly); energies: float64 (n_steps, n_chains) of the recorded states
     when the chain kept them, or None (then computed, and counted, by finish_chain_run);
-    cost counters for reports.
+    cost counters for reports; ``history``: the rows of history.parquet (:class:`ChainHistory`),
+    or None for chains without blocks.
     """
 
     states: torch.Tensor
@@ -47,6 +52,40 @@ class ChainRecord:
     hills: int
     wall_time_s: float
     fes_rmse_history: list[tuple[int, int, float]] | None = None  # (hills, energy evals, RMSE kT)
+    history: list[dict] | None = None
+
+
+class ChainHistory:
+    """history.parquet rows of a biased chain run, one per block of the chains (docs/outputs.md).
+
+    Every row has ``iteration`` (blocks done, 1-based), ``phase`` (``adaptive``: the bias grew
+    at the block's end; ``production``: V frozen), ``beta``, ``max_bias_kT`` (max V/kT after
+    the block), ``cv_coverage`` (smallest fraction of a CV dimension's range spanned so far by
+    the chain states at block ends, as a trained run's CVRangeSeen), ``n_hills``,
+    ``energy_evaluations`` (total so far) and ``wall_time_s`` (so far); the method adds its own
+    columns (acceptance rates, loss, ESS, FES RMSE).
+    """
+
+    def __init__(self, system, beta: float, bias: WellTemperedGridBias):
+        self.beta, self.bias = beta, bias
+        self.cv_seen = CVRangeSeen(system.cv_spec)
+        self.rows: list[dict] = []
+
+    def add(self, iteration: int, phase: str, cv: np.ndarray, cost: EnergyCost, wall_time_s: float,
+            **columns: float) -> None:
+        """Append the row of block ``iteration``; ``cv`` float64 (C, d): the chains' CVs at its end."""
+        self.rows.append({"iteration": iteration, "phase": phase, "beta": self.beta,
+                          "max_bias_kT": float(self.bias.values.max() * self.beta),
+                          "cv_coverage": self.cv_seen.update(cv), "n_hills": int(self.bias.n_hills),
+                          "energy_evaluations": cost.total, "wall_time_s": wall_time_s,
+                          **{name: float(value) for name, value in columns.items()}})
+
+    def state_dict(self) -> dict:
+        return {"rows": list(self.rows), "cv_seen": self.cv_seen.state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rows = list(state["rows"])
+        self.cv_seen.load(state["cv_seen"])
 
 
 def run_swendsen_wang(system, beta, n_chains, n_sweeps, burn_in, generator, progress=True) -> ChainRecord:
@@ -78,30 +117,46 @@ def run_mcmc_metadynamics(system, beta, bias: WellTemperedGridBias, n_chains, n_
     one hill at its current CV, all against the same V snapshot. Phase 2: V is frozen
     and the chains run ``n_sweeps`` more sweeps; the states after ``burn_in`` of them are
     recorded with bias weights log w = βV(ξ(x)), exact for the static biased target.
-    ``reference_fes_kT`` (F on the bias grid, NaN where unknown) adds an RMSE history.
+    Both phases run in blocks of ``deposit_every`` sweeps (the last production block takes the
+    remainder), one history row each with the block's ``local_acceptance`` and, for deposition
+    blocks, ``fes_rmse_kT`` against ``reference_fes_kT`` (F on the bias grid, NaN where
+    unknown; the RMSE is NaN without it and in production).
     """
     start = time.perf_counter()
+    history = ChainHistory(system, beta, bias)
     state, energy = None, None
     cost = EnergyCost(0)
-    rmse_history = [] if reference_fes_kT is not None else None
-    for _ in tqdm(range(n_sweeps // deposit_every), desc="MCMC WT-MetaD deposition", disable=not progress):
-        segment = reference_samplers.metropolis(system, beta, n_chains, deposit_every, generator, initial=state,
-                                                bias_energy=bias.value, thin=deposit_every, initial_energy=energy)
+    cycles = n_sweeps // deposit_every
+    production = np.diff(np.append(np.arange(0, n_sweeps, deposit_every), n_sweeps))  # sweeps per production block
+    blocks = [("adaptive", deposit_every)] * cycles + [("production", int(sweeps)) for sweeps in production]
+    recorded, recorded_energy = [], []
+    for block, (phase, sweeps) in enumerate(tqdm(blocks, desc="MCMC WT-MetaD", unit="block", disable=not progress)):
+        adaptive = phase == "adaptive"
+        segment = reference_samplers.metropolis(system, beta, n_chains, sweeps, generator, initial=state,
+                                                bias_energy=bias.value, thin=sweeps if adaptive else 1,
+                                                initial_energy=energy)
         state, energy = segment.final_state, segment.final_energy
         cost += _metropolis_cost(segment)
-        bias.deposit(system.cv(state.long()).numpy())
-        if rmse_history is not None:
-            rmse, _ = fes_rmse(bias.free_energy(), reference_fes_kT)
-            rmse_history.append((bias.n_hills, cost.total, rmse))
+        cv = system.cv(state.long()).numpy()
+        rmse = math.nan
+        if adaptive:
+            bias.deposit(cv)
+            if reference_fes_kT is not None:
+                rmse, _ = fes_rmse(bias.free_energy(), reference_fes_kT)
+        else:
+            recorded.append(segment.states)
+            recorded_energy.append(segment.energies)
+        history.add(block + 1, phase, cv, cost, time.perf_counter() - start,
+                    local_acceptance=segment.acceptance_rate, fes_rmse_kT=rmse)
 
-    sampling = reference_samplers.metropolis(system, beta, n_chains, n_sweeps, generator, initial=state,
-                                             bias_energy=bias.value, progress=progress, initial_energy=energy)
-    cost += _metropolis_cost(sampling)
-    states = sampling.states[burn_in:]
+    states = torch.cat(recorded)[burn_in:]
     cv = system.cv(states.reshape(-1, system.n_sites).long())
     log_w = (beta * bias.value(cv.numpy())).reshape(states.shape[:2])
-    return ChainRecord(states, log_w, sampling.energies[burn_in:].numpy(), cost, bias.n_hills,
-                       time.perf_counter() - start, rmse_history)
+    rmse_history = None if reference_fes_kT is None else [
+        (row["n_hills"], row["energy_evaluations"], row["fes_rmse_kT"]) for row in history.rows
+        if row["phase"] == "adaptive"]
+    return ChainRecord(states, log_w, torch.cat(recorded_energy)[burn_in:].numpy(), cost, bias.n_hills,
+                       time.perf_counter() - start, rmse_history, history.rows)
 
 
 # ----------------------------------------------------------------------------- run entry points
@@ -189,6 +244,8 @@ def finish_chain_run(ctx, record: ChainRecord, bias, extra: dict | None = None) 
     no_likelihood = np.full(n, np.nan)
     write_samples(ctx, record.states.reshape(-1, D).numpy(), None, energy, cv, no_likelihood, log_w.ravel(),
                   no_likelihood)
+    if record.history:
+        write_history(ctx, record.history)
     extra = {"chain_diagnostics": diagnostics, **(extra or {})}
     if record.fes_rmse_history:
         extra["fes_rmse_history"] = record.fes_rmse_history

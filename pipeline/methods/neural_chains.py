@@ -31,14 +31,16 @@ The summary adds the production acceptance rate of global proposals, the local a
 rate and the number of round trips each chain makes across the CV range the chains sample. A
 round trip runs from the lowest to the highest decile of the production states' first CV (its
 10th and 90th percentiles over all chains, under π_V) and back. Deciles of the CV's whole range
-would count nothing where V cannot reach its ends (the alloy's x_Au near 0 and 1 at low T). The whole run state (chains,
-sampler, optimiser, bias, random generator, recorded states) is checkpointed every
-``training.checkpoint_every`` rounds, so an interrupted run resumed with ``--resume`` continues
-bitwise as if it had not stopped.
+would count nothing where V cannot reach its ends (the alloy's x_Au near 0 and 1 at low T).
+Every round adds a row to history.parquet (:meth:`NeuralChainRun.step`). The whole run state
+(chains, sampler, optimiser, bias, random generator, recorded states, history rows) is
+checkpointed every ``training.checkpoint_every`` rounds, so an interrupted run resumed with
+``--resume`` continues bitwise as if it had not stopped.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -51,7 +53,7 @@ from pipeline import estimators as est
 from pipeline.bias import WellTemperedGridBias
 from pipeline.build import build_bias, build_trainer
 from pipeline.callbacks import Checkpoint
-from pipeline.methods.chains import ChainRecord, finish_chain_run
+from pipeline.methods.chains import ChainHistory, ChainRecord, finish_chain_run
 from pipeline.methods.trained import trained_sampler_states
 from pipeline.neural_mcmc import BiasedTarget, ChainState, chain_round, start_chains
 from pipeline.run_outputs import EnergyCost
@@ -111,6 +113,7 @@ class NeuralChainRun:
         self.recorded: dict[str, list[torch.Tensor]] = {"x": [], "energy": [], "cv": []}
         self.elapsed_s = 0.0
         self.warm_start: dict = {}
+        self.history = ChainHistory(system, beta, self.bias)
 
     def start_from_hotter_run(self, run_dir: Path) -> None:
         """Warm start from the finished run in ``run_dir`` at a higher temperature (module
@@ -156,19 +159,22 @@ class NeuralChainRun:
     def step(self) -> None:
         """One round: local sweep, global move, order refresh; then in the adaptive phase a hill
         per chain and ML steps on the chain states, in production the states recorded after
-        burn-in."""
+        burn-in. Appends the round's history row: ``local_acceptance`` and ``global_acceptance``
+        of the round, ``ess_fraction`` (Kish ESS / chains of the round's global proposals for π_V)
+        and the training ``loss`` (NaN where the round made no such move or step)."""
         start = time.perf_counter()
         sampler, generator = self.trainer.ema_sampler, self.trainer.generator
         adaptive = self.iteration < self.adaptive_rounds
         local_trials = max(self.local_trials, self.state.x.shape[1]) if adaptive else self.local_trials
         global_moves = adaptive or self.global_moves
-        state, local, accepted = chain_round(self.state, self.target, generator, local_trials,
-                                             sampler if global_moves else None)
+        state, local, accepted, proposal_log_w = chain_round(self.state, self.target, generator, local_trials,
+                                                             sampler if global_moves else None)
         # a full energy per proposal, a ΔE per local trial
         self.cost += EnergyCost(self.n_chains if global_moves else 0, self.n_chains * local_trials)
+        loss = math.nan
         if adaptive:
             self.bias.deposit(state.cv.numpy())
-            self._train_proposal(state.x)
+            loss = self._train_proposal(state.x)
             state = replace(state, log_q=None)   # the sampler changed: log q of the states is stale
         elif self.iteration - self.adaptive_rounds >= self.burn_in:
             self.recorded["x"].append(state.x.to(torch.int8))
@@ -179,22 +185,29 @@ class NeuralChainRun:
         self.state = state
         self.iteration += 1
         self.elapsed_s += time.perf_counter() - start
+        ess, global_rate = math.nan, math.nan
+        if global_moves:
+            ess, global_rate = est.kish_ess(proposal_log_w.numpy()) / self.n_chains, float(accepted.double().mean())
+        local_rate = local / (self.n_chains * local_trials) if local_trials else math.nan
+        self.history.add(self.iteration, "adaptive" if adaptive else "production", state.cv.numpy(), self.cost,
+                         self.elapsed_s, loss=loss, ess_fraction=ess, local_acceptance=local_rate,
+                         global_acceptance=global_rate)
 
-    def _train_proposal(self, chain_x: torch.Tensor) -> None:
+    def _train_proposal(self, chain_x: torch.Tensor) -> float:
         """``training.inner_steps`` steps of the sampler's loss: maximum likelihood on the chain
         states x int64 (C, D), or (``training.chain_loss: wdce``) WDCE on ``training.batch_size``
-        fresh draws with log w = −β[E + V(ξ)] − log q under the bias after this round's deposit."""
+        fresh draws with log w = −β[E + V(ξ)] − log q under the bias after this round's deposit.
+        Returns the mean loss."""
         if self.ctx.config.training.chain_loss == "likelihood":
             no_weights = torch.zeros(chain_x.shape[0], dtype=torch.float64)
-            self.trainer.train_on(chain_x, no_weights, no_weights)
-            return
+            return self.trainer.train_on(chain_x, no_weights, no_weights)
         fresh = batch_on_cpu(self.trainer.ema_sampler.sample(self.ctx.config.training.batch_size,
                                                             self.trainer.generator))
         x = fresh.x.to(torch.int64)
         log_q = fresh.log_q.to(torch.float64)
         log_w = self.target.log_density(self.target.energy(x), self.target.system.cv(x).to(torch.float64)) - log_q
         self.cost += EnergyCost(x.shape[0])
-        self.trainer.train_on(x, log_w, log_q)
+        return self.trainer.train_on(x, log_w, log_q)
 
     def progress_line(self) -> str:
         return f"max V {self.bias.values.max() * self.target.beta:.1f} kT"
@@ -206,7 +219,7 @@ class NeuralChainRun:
         cv = torch.stack(self.recorded["cv"]).numpy()                   # (rounds, chains, d)
         log_w = (beta * self.bias.value(cv.reshape(-1, cv.shape[-1]))).reshape(recorded.shape[:2])
         record = ChainRecord(recorded, log_w, torch.stack(self.recorded["energy"]).numpy(), self.cost,
-                             self.bias.n_hills, self.elapsed_s)
+                             self.bias.n_hills, self.elapsed_s, history=self.history.rows)
         kept = recorded.shape[0] * self.n_chains
         trips = round_trips(cv[:, :, 0], *np.quantile(cv[:, :, 0], [0.1, 0.9]))
         extra = {"global_acceptance": self.global_accepted / kept if self.global_moves else float("nan"),
@@ -225,7 +238,7 @@ class NeuralChainRun:
                 "chains": {"x": s.x, "order": s.order, "energy": s.energy, "cv": s.cv, "log_q": s.log_q},
                 "cost": (self.cost.full, self.cost.local), "accepted": (self.global_accepted, self.local_accepted),
                 "recorded": {k: torch.stack(v) if v else None for k, v in self.recorded.items()},
-                "elapsed_s": self.elapsed_s, "warm_start": self.warm_start}
+                "elapsed_s": self.elapsed_s, "warm_start": self.warm_start, "history": self.history.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("format") != _STATE_FORMAT:
@@ -247,6 +260,8 @@ class NeuralChainRun:
         self.recorded = {k: list(v) if v is not None else [] for k, v in state["recorded"].items()}
         self.elapsed_s = float(state["elapsed_s"])
         self.warm_start = state.get("warm_start", {})
+        if "history" in state:   # checkpoints written before history.parquet lack it
+            self.history.load_state_dict(state["history"])
 
 
 def reweighted_log_weights(hotter: dict, beta: float) -> np.ndarray:

@@ -4,7 +4,8 @@ A counting backend: the Ising model's full energy and single-site ΔE are wrappe
 configuration passed to either is counted. Each method runs one campaign run on Ising L=6 (too
 large for the exact reference, which would add energy calls that are not the run's), with a
 replay buffer, the Metropolis–Hastings pass and a warm start where the method has them; the
-counted calls must equal the run's ``full_energy_evaluations`` and ``local_energy_changes``.
+counted calls must equal the run's ``full_energy_evaluations`` and ``local_energy_changes`` (and, for
+the biased chain methods, the last ``energy_evaluations`` of history.parquet).
 """
 
 from __future__ import annotations
@@ -68,3 +69,6 @@ def test_energy_counters_equal_the_energy_calls_made(tmp_path, counted, method, 
     cost = pd.read_parquet(result.run_dir / "observables.parquet").query("estimator == 'cost'").set_index("observable")
     for name in ("energy_evaluations", "full_energy_evaluations", "local_energy_changes"):
         assert cost.loc[name, "value"] == summary[name]
+    if method in ("mcmc-metad", "metadns-mcmc"):   # the chain history's last block ends the run's count
+        history = pd.read_parquet(result.run_dir / "history.parquet")
+        assert history.energy_evaluations.iloc[-1] == counted["full"] + counted["local"]

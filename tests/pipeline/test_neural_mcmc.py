@@ -117,7 +117,7 @@ def test_chains_of_all_three_moves_reproduce_exact_energy():
     energies, accepted = [], []
     for step in range(300):
         state, _ = local_moves(state, target, generator, 4)
-        state, accept = global_move(state, target, sampler, generator)
+        state, accept, _ = global_move(state, target, sampler, generator)
         state = refresh_orders(state, sampler, generator)
         accepted.append(float(accept.double().mean()))
         if step >= 50:
@@ -153,7 +153,7 @@ def test_local_proposals_are_uniform_over_sites_and_other_states():
 def test_global_move_accepts_at_the_analytic_rate():
     """From one fixed (x, σ) on Ising 2×2, the fraction of accepted proposals over 40,000 chains
     equals Σ_{x′,σ′} u(σ′) q(x′|σ′) min(1, ratio) within 3 SE; accepted chains carry the
-    proposal's energy, CV and log q."""
+    proposal's energy, CV and log q, and the proposal's log-weight log π_V − log q."""
     system = make_system("ising", L=2)
     target = BiasedTarget(system, BETA, bumpy_bias(system).value)
     sampler = mdns_float64(system)
@@ -168,11 +168,12 @@ def test_global_move_accepts_at_the_analytic_rate():
     generator = torch.Generator().manual_seed(4)
     chains = start_chains(x[current].repeat(n, 1), target, sampler, generator)
     chains = ChainState(chains.x, order[current].repeat(n, 1), chains.energy, chains.cv)
-    moved, accept = global_move(chains, target, sampler, generator)
+    moved, accept, log_w = global_move(chains, target, sampler, generator)
     observed = float(accept.double().mean())
     assert abs(observed - rate) < 3 * math.sqrt(rate * (1 - rate) / n), (observed, rate)
     torch.testing.assert_close(moved.energy, system.energy(moved.x))
     torch.testing.assert_close(moved.log_q, sampler.log_prob(moved.x, moved.order), rtol=0, atol=1e-12)
+    torch.testing.assert_close(log_w[accept], (target.log_density(moved.energy, moved.cv) - moved.log_q)[accept])
 
 
 def test_metadns_mcmc_run_reproduces_exact_ising_observables(tmp_path):

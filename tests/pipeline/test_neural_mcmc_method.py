@@ -128,7 +128,7 @@ def test_global_moves_with_a_poor_overlapping_sampler_are_exact(tmp_path, system
                          target, sampler, generator)
     energies, cvs, accepted = [], [], 0
     for step in range(1500):
-        state, accept = global_move(state, target, sampler, generator)
+        state, accept, _ = global_move(state, target, sampler, generator)
         state = refresh_orders(state, sampler, generator)
         if step >= 100:
             energies.append(state.energy.numpy() / system.n_sites)

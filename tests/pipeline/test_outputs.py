@@ -18,7 +18,9 @@ import torch
 import yaml
 
 from pipeline import outputs, plots
+from pipeline.campaign import prepare_campaign
 from pipeline.campaign_report import make_report
+from pipeline.comparison import write_and_print_comparison
 from pipeline.config import config_from_dict, config_hash
 from pipeline.outputs import (
     OBSERVABLES_SCHEMA,
@@ -34,6 +36,7 @@ from pipeline.outputs import (
     write_parquet,
     write_yaml,
 )
+from pipeline.runner import run_campaign
 from tests.pipeline.test_export import ALLOY_CHAINS, ISING, finished_run
 
 CONFIG = config_from_dict({"methods": ["metadns"], "system": {"name": "ising", "L": 4, "beta": 0.6}}, "t")
@@ -348,6 +351,20 @@ def test_report_tables_carry_the_units_their_runs_agree_on(lattice_and_alloy_run
     assert alloy_only == {"temperature": "K", "beta": "1/eV"}
     observables = ds.dataset(alloy_run.parent / "dataset" / "observables", partitioning="hive").schema
     assert observables.field("temperature_value").metadata[outputs.UNIT_KEY] == b"K"
+
+
+def test_comparison_table_carries_its_system_units(lattice_and_alloy_runs):
+    root = lattice_and_alloy_runs[0]
+    for config, name, energy, headline in ((ISING, "ising4", "J", "abs_magnetisation"),
+                                           (ALLOY_CHAINS, "alloy8", "eV", "x_Au")):
+        campaign = prepare_campaign(config_from_dict(config, name), root, resume=True)
+        table = write_and_print_comparison(campaign, run_campaign(campaign, progress=False))  # finished runs
+        units = units_of(campaign.root / "comparison.parquet")
+        assert units["beta"] == f"1/{energy}" and units["wall_time_s"] == "s"
+        assert units[headline] == units[f"{headline}_stderr"] == "1"
+        js = [column for column in table.columns if column.startswith("js_")]
+        assert js and all(units[column] == "nat" for column in js)
+        assert "energy_evaluations" not in units and "hills" not in units
 
 
 # ---------------------------------------------------------------- plots

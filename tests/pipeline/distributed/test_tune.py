@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
@@ -33,7 +34,7 @@ import yaml
 from pipeline import cli
 from pipeline.config import ConfigError, apply_overrides, config_from_dict, load_config
 from pipeline.distributed import executor, session
-from pipeline.distributed.tune import plan_tune, train_trial, trial_objectives, trial_resources
+from pipeline.distributed.tune import plan_tune, train_trial, trial_objectives, trial_resources, write_outputs
 from pipeline.outputs import read_parquet_metadata
 from pipeline.build import build_system
 from pipeline.campaign import prepare_campaign
@@ -380,6 +381,7 @@ def test_a_local_ray_gets_the_allocated_cpus(monkeypatch):
     ("tune.objektive=js_cv", "tune.objektive", "Did you mean 'objective'"),
     ("tune.objective=rmse", "tune.objective", "js_cv"),
     ("tune.method=sw", "tune.method", "metadns"),
+    ("tune.method=mdns", "tune.method", "not among the config's methods"),
     ("tune.temperature=0.5", "tune.temperature", "system.beta"),
     ("tune.grace_period=7", "tune.grace_period", "outer_iterations"),
     ("tune.reduction_factor=1", "tune.reduction_factor", "> 1"),
@@ -473,6 +475,36 @@ def test_set_overrides_reach_the_tune_section():
         apply_overrides(TINY, ["tune.grace_period.x=1"])
     assert error.value.field == "tune.grace_period.x"
     assert TINY["tune"]["num_samples"] == 8                                          # input untouched
+
+
+@pytest.mark.parametrize("objective, unit", [("js_cv", "nat"), ("fes_rmse", "kT"), ("coverage_ess", None)])
+def test_tune_tables_carry_units(tmp_path, objective, unit):
+    """trials.parquet and history.parquet mark JS divergences nat, FES RMSEs kT, wall times s and
+    the objective columns with the objective's unit (coverage_ess, a fraction, has none)."""
+    plan = plan_tune(config_from_dict({**TINY, "tune": {**TINY["tune"], "objective": objective}}), tmp_path)
+    plan.out_dir.mkdir(parents=True)
+    components = {"js_cv": 0.1, "fes_rmse": 0.5, "fes_coverage": 1.0, "cv_coverage": 0.9, "ess_fraction": 0.3,
+                  "coverage_ess": 0.27}
+    trials = pd.DataFrame([{"trial": t.index, **t.overrides, "seed": t.seed, "iterations": MAX_T,
+                            "final_objective": components[objective], "best_objective": components[objective],
+                            "stopped_early": False, "reports": 1, "wall_time_s": 2.0, "device": "cpu",
+                            **{f"final_{name}": value for name, value in components.items()}, "error": ""}
+                           for t in plan.trials])
+    history = pd.DataFrame([{"trial": t.index, "iteration": MAX_T, "objective": components[objective], **components,
+                             "wall_time_s": 2.0, "resumed_from": 0} for t in plan.trials])
+    write_outputs(plan, trials, history, "tiny.yaml")
+
+    def units(name: str) -> dict[str, str]:
+        return {field.name: field.metadata[b"unit"].decode() for field in pq.read_schema(plan.out_dir / name)
+                if field.metadata and b"unit" in field.metadata}
+
+    def in_objective_unit(*columns: str) -> dict[str, str]:
+        return {} if unit is None else dict.fromkeys(columns, unit)
+
+    assert units("history.parquet") == {"js_cv": "nat", "fes_rmse": "kT", "wall_time_s": "s",
+                                        **in_objective_unit("objective")}
+    assert units("trials.parquet") == {"final_js_cv": "nat", "final_fes_rmse": "kT", "wall_time_s": "s",
+                                       **in_objective_unit("final_objective", "best_objective")}
 
 
 def test_cli_does_not_import_ray():
