@@ -303,7 +303,9 @@ class DistributedConfig:
     ``gpus_per_evaluator``: GPUs of each energy-evaluator actor (for backends with
     ``device: cuda``, e.g. MACE); ``max_batch`` caps the
     configurations per evaluator call (requests are split and coalesced to it);
-    ``max_in_flight`` calls queued per evaluator before callers wait (back-pressure).
+    ``max_in_flight`` calls queued per evaluator before callers wait (back-pressure);
+    ``run_retries``: how often a run lost to the cluster (its node or actor process died) is
+    started again, from its last checkpoint, before the campaign fails.
     """
 
     evaluators: int = 0
@@ -313,6 +315,7 @@ class DistributedConfig:
     gpus_per_evaluator: float = 0.0
     max_batch: int = 4096
     max_in_flight: int = 2
+    run_retries: int = 2
 
 
 @dataclass(frozen=True)
@@ -604,6 +607,8 @@ def _parse_distributed(raw: Mapping) -> DistributedConfig:
         max_batch=check_int(s.get("max_batch", d.max_batch), "distributed.max_batch", ge=1, example="`max_batch: 4096`"),
         max_in_flight=check_int(s.get("max_in_flight", d.max_in_flight), "distributed.max_in_flight", ge=1,
                            example="`max_in_flight: 2`"),
+        run_retries=check_int(s.get("run_retries", d.run_retries), "distributed.run_retries", ge=0,
+                              example="`run_retries: 2`"),
     )
 
 

@@ -10,6 +10,7 @@ import ray
 import torch
 
 from pipeline.bias import WellTemperedGridBias
+from pipeline.distributed.session import on_this_node
 from pipeline.outputs import atomic_write_bytes
 
 
@@ -64,8 +65,11 @@ class BiasClient:
 
     @classmethod
     def start(cls, bias: WellTemperedGridBias, walker: int = 0) -> "BiasClient":
-        """Start a BiasServer holding ``bias``'s state and return a client of it."""
-        return cls(BiasServer.remote(bias.state_dict()), bias.copy(), walker)
+        """Start a BiasServer holding ``bias``'s state, on the caller's node (it shares the
+        trainer's fate: a run lost with its node is retried with a new server), and return a
+        client of it."""
+        server = BiasServer.options(scheduling_strategy=on_this_node()).remote(bias.state_dict())
+        return cls(server, bias.copy(), walker)
 
     def deposit(self, s) -> np.ndarray:
         _, heights, values = ray.get(self.server.deposit.remote(self.walker, np.asarray(s, dtype=np.float64)))

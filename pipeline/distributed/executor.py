@@ -7,6 +7,12 @@ Each run executes in its own trainer actor (:class:`RunActor`), which calls
 against an unbiased reference at their temperature (sw, metropolis), or start from the
 previous temperature's sampler, start once those runs have finished, as in the inline order.
 Seeds are the inline ones (``Campaign.seed_of``), so results equal ``--executor inline`` runs.
+
+A run lost with its node (or its actor process) is retried, up to ``distributed.run_retries``
+times, on what is left of the cluster: it continues from its last checkpoint, so a retried run
+gives the numbers it would have given uninterrupted.  The driver's own actors (progress board,
+evaluator pool) live on the driver's node; losing that node ends the campaign, as it would
+end the driver.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from dataclasses import dataclass, field
 
 import ray
 import torch
+from ray.exceptions import (ActorUnavailableError, LocalRayletDiedError, NodeDiedError, ObjectLostError,
+                            RayActorError, WorkerCrashedError)
 from tqdm.auto import tqdm
 
 from pipeline.build import energy_on_cuda
@@ -24,7 +32,7 @@ from pipeline.config import ConfigError, RunSpec
 from pipeline.distributed.bias_server import BiasClient
 from pipeline.distributed.evaluators import EvaluatorPool, PoolEnergy
 from pipeline.distributed.progress import ProgressBars, ProgressBoard, reporter
-from pipeline.distributed.session import cluster_cpus, cluster_gpus
+from pipeline.distributed.session import alive_nodes, cluster_cpus, cluster_gpus, on_this_node
 from pipeline.distributed.walkers import walker_factory
 from pipeline.campaign import UNBIASED_REFERENCES, Campaign
 from pipeline.registry import METHODS
@@ -33,16 +41,35 @@ from pipeline.runner import RunResult, RunServices, execute_run
 
 PROGRESS_POLL_S = 0.5
 """Seconds between the driver's looks at the training progress of running runs."""
+LOST_TO_THE_CLUSTER = (RayActorError, NodeDiedError, ObjectLostError, WorkerCrashedError, LocalRayletDiedError)
+"""Errors of a run whose process, node or actors died under it (rather than a run that failed)."""
+NODE_VERDICT_S = 120.0
+"""Seconds a run whose actor became unreachable waits for Ray to declare a node dead before it
+is retried anyway (Ray's health checks take about 15 s by default)."""
 
 
 @ray.remote(max_restarts=0)
 class RunActor:
-    """Trainer actor: executes one run of a campaign in its own process."""
+    """Trainer actor: executes one run of a campaign in its own process.
+
+    When its node's raylet dies (a killed driver takes the local one with it; a lost node takes
+    its own), this process may live on for seconds and even receive a run, since calls come
+    straight from the driver.  It must not train or checkpoint then: a retry elsewhere, or a
+    resumed driver, uses the same run folder.  So it exits at the start of a run and after every
+    outer iteration once it is orphaned."""
+
+    def __init__(self):
+        self._raylet = os.getppid()  # Ray's worker processes are children of their node's raylet
+
+    def _exit_if_orphaned(self) -> None:
+        if os.getppid() != self._raylet:
+            os._exit(1)
 
     def execute(self, campaign: Campaign, spec: RunSpec, pool, board, threads: int,
                 walker_resources: tuple[float, float]) -> RunResult:
         """``walker_resources``: (CPUs, GPUs) each walker actor of a multiple-walker run asks for.
         The run's device follows the GPUs Ray assigned this actor (pipeline.devices)."""
+        self._exit_if_orphaned()
         torch.set_num_threads(threads)
         biases: list[BiasClient] = []
         walkers: list = []
@@ -51,15 +78,10 @@ class RunActor:
             biases.append(BiasClient.start(bias))
             return biases[-1]
 
-        raylet = os.getppid()  # Ray's worker processes are children of their node's raylet
-        report = reporter(board, spec.run_name)
+        report = reporter(board, f"{campaign.point}/{spec.run_name}" if campaign.point else spec.run_name)
 
         def report_or_stop(trainer) -> None:
-            # A killed driver takes the local raylet with it, but this process may live on
-            # for seconds; it must not keep training and checkpointing into a run folder
-            # that a resumed driver is about to use.
-            if os.getppid() != raylet:
-                os._exit(1)
+            self._exit_if_orphaned()
             report(trainer)
 
         services = RunServices(energy=PoolEnergy(pool) if pool is not None else None, make_bias=make_bias,
@@ -200,8 +222,9 @@ def start_evaluator_pool(campaign: Campaign):
     d = campaign.config.distributed
     if d.evaluators == 0:
         return None
-    return EvaluatorPool.remote(campaign.config.to_dict(), d.evaluators, d.cpus_per_evaluator, d.max_batch,
-                                d.max_in_flight, gpus_per_evaluator=d.gpus_per_evaluator)
+    return EvaluatorPool.options(scheduling_strategy=on_this_node()).remote(
+        campaign.config.to_dict(), d.evaluators, d.cpus_per_evaluator, d.max_batch, d.max_in_flight,
+        gpus_per_evaluator=d.gpus_per_evaluator)
 
 
 def run_campaign_on_ray(campaign: Campaign, progress: bool = True, pool=None) -> list[RunResult]:
@@ -230,7 +253,8 @@ class _Scheduler:
     """State of one run_campaigns_on_ray call: waiting jobs, running and idle trainer actors,
     live pools and the CPUs and GPUs they hold (Ray would queue actors it cannot place;
     counting here keeps a run from waiting forever for its own pool or walkers).  Idle actors
-    are reused by runs of the same shape and killed when a launch needs what they hold."""
+    are reused by runs of the same shape and killed when a launch needs what they hold.  What
+    is free is the live cluster's resources less what is held, so a lost node shrinks it."""
 
     def __init__(self, campaigns: list[Campaign], progress: bool, given_pools: dict[str, object]):
         self.campaigns = campaigns
@@ -242,10 +266,13 @@ class _Scheduler:
         self.remaining = {str(c.root): len(c.runs) for c in campaigns}
         self.running: dict[ray.ObjectRef, tuple[_Job, object, float]] = {}
         self.idle: list[tuple[tuple[float, float], object]] = []   # ((cpus, gpus), actor)
+        self.retries: dict[str, int] = {}
+        self.lost: dict[str, tuple[_Job, set[str], float]] = {}   # key → (job, live nodes when lost, deadline)
         self.results: dict[str, RunResult] = {}
         self.failure: BaseException | None = None
-        self.free = [cluster_cpus(), cluster_gpus()]
-        self.board = ProgressBoard.remote()
+        self.held = [0.0, 0.0]   # CPUs, GPUs of running runs, idle actors and live pools
+        self.free = [cluster_cpus(), cluster_gpus()]   # the live cluster's less `held`, renewed each round
+        self.board = ProgressBoard.options(scheduling_strategy=on_this_node()).remote()
         self.training_bars = ProgressBars(enabled=progress)
         self.bar = tqdm(total=len(self.waiting), desc="runs", disable=not progress, dynamic_ncols=True, position=0)
 
@@ -253,11 +280,15 @@ class _Scheduler:
         for campaign in self.campaigns:
             campaign.root.mkdir(parents=True, exist_ok=True)
         try:
-            while self.waiting or self.running:
+            while self.waiting or self.running or self.lost:
                 if self.failure is None:
+                    self._take_stock()
                     for key in [k for k, job in self.waiting.items() if job.needs <= self.results.keys()]:
                         self._try_launch(self.waiting[key])
                 if not self.running:
+                    if self.lost and self.failure is None:
+                        time.sleep(PROGRESS_POLL_S)   # waiting for Ray's verdict on a node
+                        continue
                     break
                 done, _ = ray.wait(list(self.running), num_returns=1, timeout=PROGRESS_POLL_S)
                 self.training_bars.update(ray.get(self.board.snapshot.remote()))
@@ -266,8 +297,7 @@ class _Scheduler:
         finally:
             self.bar.close()
             self.training_bars.close()
-            for _, actor in self.idle:
-                ray.kill(actor)
+            self._release_idle()
             for pool in self.live_pools.values():
                 _stop_pool(pool)
         if self.failure is not None:
@@ -276,11 +306,34 @@ class _Scheduler:
             raise RuntimeError(f"runs {sorted(self.waiting)} could not start: runs they depend on did not finish")
         return [[self.results[str(c.root / spec.run_name)] for spec in c.runs] for c in self.campaigns]
 
+    def _take_stock(self) -> None:
+        """Renew what is free from the live cluster; after a node loss, release idle actors
+        while more is held than the cluster now has (runs retried elsewhere need it), and
+        queue lost runs again once Ray has declared a node dead (or waited long enough)."""
+        self.free = [cluster_cpus() - self.held[0], cluster_gpus() - self.held[1]]
+        if min(self.free) < -1e-9:
+            self._release_idle()
+        if self.lost:
+            alive = alive_nodes()
+            for key, (job, alive_then, deadline) in list(self.lost.items()):
+                if alive != alive_then or time.monotonic() > deadline:
+                    del self.lost[key]
+                    self.waiting[key] = job
+
+    def _release_idle(self) -> None:
+        """Kill the idle trainer actors and release what they held."""
+        for shape, actor in self.idle:
+            ray.kill(actor)
+            self._take(shape, +1.0)
+        self.idle.clear()
+
     def _fits(self, cost: tuple[float, float]) -> bool:
         return all(c <= f + 1e-9 for c, f in zip(cost, self.free))
 
     def _take(self, amount: tuple[float, float], sign: float = -1.0) -> None:
+        """Hold (sign -1) or release (+1) ``amount`` = (CPUs, GPUs)."""
         self.free = [f + sign * a for f, a in zip(self.free, amount)]
+        self.held = [h - sign * a for h, a in zip(self.held, amount)]
 
     def _try_launch(self, job: _Job) -> None:
         root = str(job.campaign.root)
@@ -320,19 +373,69 @@ class _Scheduler:
         self._take((need.total_cpus - need.cpus, need.total_gpus - need.gpus), +1.0)   # its walkers are gone
         try:
             self.results[job.key] = ray.get(ref)
+        except Exception as error:  # noqa: BLE001 - retried, or re-raised once running runs have ended
+            ray.kill(actor)
+            self._take((need.cpus, need.gpus), +1.0)
+            if self._retry(job, error):
+                return
+            self.failure = self.failure or error
+            self.bar.write(f"== {_label(job)} FAILED: {error}")
+        else:
             self.bar.write(f"== {_label(job)} finished in {time.perf_counter() - start:.1f} s "
                            f"on node {self.results[job.key].node[:8]}")
             self.idle.append(((need.cpus, need.gpus), actor))
-        except Exception as error:  # noqa: BLE001 - re-raised once running runs have ended
-            self.failure = self.failure or error
-            self.bar.write(f"== {_label(job)} FAILED: {error}")
-            ray.kill(actor)
-            self._take((need.cpus, need.gpus), +1.0)
         self.remaining[root] -= 1
         if self.remaining[root] == 0 and root in self.live_pools:
             _stop_pool(self.live_pools.pop(root))
             self._take(self.pool_needs[root], +1.0)
         self.bar.update(1)
+
+    def _retry(self, job: _Job, error: BaseException) -> bool:
+        """Queue a run lost to the cluster (its node or process died) again, if retries are
+        left; it will continue from its last checkpoint.  False for a run that failed by
+        itself, or that has used its retries."""
+        if not lost_to_the_cluster(error):
+            return False
+        allowed = job.campaign.config.distributed.run_retries
+        tries = self.retries.get(job.key, 0)
+        if tries >= allowed:
+            self.bar.write(f"== {_label(job)} lost to the cluster again, after {allowed} retries "
+                           "(distributed.run_retries)")
+            return False
+        self.retries[job.key] = tries + 1
+        self._release_idle()   # some may sit on the same failing node, and reuse only saves start-up
+        if unreachable(error):   # its node may be dying: retry once Ray has said so
+            self.lost[job.key] = (job, alive_nodes(), time.monotonic() + NODE_VERDICT_S)
+        else:
+            self.waiting[job.key] = job
+        self.bar.write(f"== {_label(job)} lost ({type(error).__name__}: its node or process died); retry "
+                       f"{tries + 1} of {allowed}, from {_checkpoint_note(job)}")
+        return True
+
+
+def lost_to_the_cluster(error: BaseException | None) -> bool:
+    """Whether ``error`` (or an error it wraps, e.g. a walker's death inside a run) means that
+    a process, actor or node died, rather than that the run itself failed."""
+    while error is not None:
+        if isinstance(error, LOST_TO_THE_CLUSTER):
+            return True
+        error = getattr(error, "cause", None) or error.__cause__
+    return False
+
+
+def unreachable(error: BaseException) -> bool:
+    """Whether ``error`` says an actor stopped answering without Ray having declared it dead."""
+    return isinstance(error, ActorUnavailableError) or isinstance(getattr(error, "cause", None),
+                                                                   ActorUnavailableError)
+
+
+def _checkpoint_note(job: _Job) -> str:
+    """Where a retried run continues: "its checkpoint at iteration N" or "the start"."""
+    path = job.campaign.root / job.spec.run_name / "checkpoints" / "checkpoint.pt"
+    if not path.exists():
+        return "the start (no checkpoint yet)"
+    state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    return f"its checkpoint at iteration {state['iteration']}" if "iteration" in state else "its checkpoint"
 
 
 def _stop_pool(pool) -> None:

@@ -52,11 +52,28 @@ def allocated_cpus() -> int:
     return min(cpus, int(slurm)) if slurm.isdigit() and int(slurm) > 0 else cpus
 
 
+def on_this_node():
+    """A scheduling strategy that places an actor (one asking for no CPU) on the node of the
+    calling process.
+
+    The driver keeps its bookkeeping actors (progress board, evaluator pool) beside it, and a
+    trainer its bias server: a lost worker node then takes with it only the runs it held."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: PLC0415
+
+    return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+
+
+def alive_nodes() -> set[str]:
+    """Node ids of the cluster's live nodes (a killed node drops out once Ray's health checks
+    have declared it dead: seconds)."""
+    return {node["NodeID"] for node in ray.nodes() if node["Alive"]}
+
+
 def cluster_cpus() -> float:
-    """CPUs of the connected cluster (all nodes)."""
+    """CPUs of the connected cluster (all live nodes)."""
     return float(ray.cluster_resources().get("CPU", 0.0))
 
 
 def cluster_gpus() -> float:
-    """GPUs of the connected cluster (all nodes)."""
+    """GPUs of the connected cluster (all live nodes)."""
     return float(ray.cluster_resources().get("GPU", 0.0))

@@ -49,12 +49,13 @@ def run(ctx) -> dict:
     elif ctx.initial_sampler_from is not None:
         _start_from_previous_temperature(trainer, ctx.initial_sampler_from)
     reference_fes = ctx.reference.fes_kT if ctx.reference is not None and trainer.bias is not None else None
-    callbacks = [Checkpoint(checkpoint, config.training.checkpoint_every)]
+    callbacks = []
     if reference_fes is not None:
-        callbacks.insert(0, FesRmseHistory(trainer.bias, reference_fes))
-    if ctx.services.report_progress is not None:
+        callbacks.append(FesRmseHistory(trainer.bias, reference_fes))
+    if ctx.services.report_progress is not None:   # before the checkpoint: it may stop an orphaned actor
         ctx.services.report_progress(trainer)
         callbacks.append(EveryIteration(ctx.services.report_progress))
+    callbacks.append(Checkpoint(checkpoint, config.training.checkpoint_every))
     train(trainer, callbacks, progress=ctx.progress)
 
     # Fresh i.i.d. samples from the frozen EMA sampler with the frozen bias (§6).

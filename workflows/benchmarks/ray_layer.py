@@ -5,6 +5,7 @@ Usage (from the repository root):
     python workflows/benchmarks/ray_layer.py --bench mace --actors 1 2 3 4
     python workflows/benchmarks/ray_layer.py --bench overhead --batch-sizes 1 128 2000 8192
     python workflows/benchmarks/ray_layer.py --bench campaign --campaign-sites 8 --outer-iterations 40 --sweeps 400
+    python workflows/benchmarks/ray_layer.py --bench two-node --node-cpus 1     # as root: a network namespace
 
 Sub-benchmarks (each against a baseline measured in the same run):
   mace      configurations/s of an EvaluatorPool with 1, 2, … EnergyEvaluator actors on the MACE
@@ -18,6 +19,13 @@ Sub-benchmarks (each against a baseline measured in the same run):
             its max_batch are split into several calls) vs the same pool with max_batch above every
             request ("one chunk"), and the ratios.  Least-squares lines t = a + c·B (in-process) and
             Δ = L + e·B (each path's extra time) give the request size B above which Δ ≤ 10 % of t.
+  two-node  the same campaign's wall time as `metadns run` on a two-node Ray cluster on this machine
+            (pipeline.distributed.loopback_cluster: head 127.0.0.1 and worker 127.0.0.2, each its own
+            `ray start`, ``--node-cpus`` CPUs each, in a private network namespace; needs root), against
+            `metadns run --executor inline` and the sum of its runs' inline times; per-run times on the
+            cluster, the nodes the runs finished on, cluster start-up, and a check that the outputs
+            equal the inline ones.  On one machine this measures the multi-node path's overhead, not
+            its scaling.
   campaign  wall time of a small Cu–Au CE campaign (several methods × 2 temperatures) under the Ray
             executor (trainer actors, evaluator pool, bias servers), once per ``--cpus-per-run``
             value (0.875: two runs at once beside the 0.25-CPU evaluator; 1.75: one at a time; the
@@ -39,7 +47,10 @@ import gc
 import math
 import os
 import platform
+import re
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from importlib.metadata import version
@@ -51,11 +62,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from pipeline.config import config_from_dict, load_config  # noqa: E402
 from pipeline.distributed.evaluators import EnergyEvaluator, EvaluatorPool, PoolEnergy  # noqa: E402
 from pipeline.distributed.executor import run_campaign_on_ray  # noqa: E402
+from pipeline.distributed.loopback_cluster import LoopbackCluster  # noqa: E402
 from pipeline.distributed.session import ray_session  # noqa: E402
 from pipeline.build import build_system  # noqa: E402
 from pipeline.campaign import UNBIASED_REFERENCES, prepare_campaign  # noqa: E402
@@ -321,9 +334,63 @@ def bench_campaign(args, ray_start_s: float) -> None:
         raise SystemExit("ray_layer: the Ray executor's outputs differ from the inline ones (see above)")
 
 
+def bench_two_node(args) -> None:
+    """`metadns run` of the campaign inline and on a two-node loopback cluster, side by side."""
+    config = campaign_config(args, 1.0)
+    raw = {**config.to_dict(), "distributed": {**config.to_dict()["distributed"], "evaluators": 0}}
+    with tempfile.TemporaryDirectory(prefix="rl", dir="/tmp") as folder:  # short: Ray's socket paths
+        folder = Path(folder)
+        config_path = folder / "campaign.yaml"
+        config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        command = [sys.executable, "-m", "pipeline.cli", "run", str(config_path), "--quiet"]
+        start = time.perf_counter()
+        subprocess.run([*command, "--out", str(folder / "inline"), "--executor", "inline"], check=True,
+                       capture_output=True, env={**os.environ, "METADNS_PROGRESS_EVERY": "0"})
+        inline_wall = time.perf_counter() - start
+        start = time.perf_counter()
+        with LoopbackCluster(folder / "c", nodes=2, cpus_per_node=args.node_cpus) as cluster:
+            cluster_start = time.perf_counter() - start
+            start = time.perf_counter()
+            driver = subprocess.run(cluster.command([*command, "--out", str(folder / "ray"), "--executor", "ray",
+                                                     "--address", cluster.address]),
+                                    env={**cluster.env, "METADNS_PROGRESS_EVERY": "0"}, capture_output=True, text=True)
+            ray_wall = time.perf_counter() - start
+        if driver.returncode != 0:
+            raise SystemExit(f"ray_layer: the two-node campaign failed:\n{driver.stdout[-4000:]}\n{driver.stderr[-4000:]}")
+        inline_root, ray_root = folder / "inline" / config.name, folder / "ray" / config.name
+        campaign = prepare_campaign(config, folder / "plan", resume=False)
+        names = [s.run_name for s in campaign.runs]
+        inline_run = {n: run_seconds(inline_root / n) for n in names}
+        ray_run = {n: run_seconds(ray_root / n) for n in names}
+        nodes = dict(re.findall(r"== \S+: (\S+) finished in [\d.]+ s on node (\w+)", driver.stdout))
+        identical = same_outputs(inline_root, ray_root, names)
+    total = sum(inline_run.values())
+    ideal = ideal_wall(campaign, inline_run, 2 * int(args.node_cpus))
+    print(f"\n[two-node] Cu–Au {args.campaign_sites} sites, CE, methods {', '.join(args.methods)} × T = "
+          f"{', '.join(f'{t:g}' for t in args.temperatures)} K ({len(names)} runs), {args.outer_iterations} outer "
+          f"iterations, {args.sweeps} sweeps × 16 chains; no evaluators; 2 nodes × {args.node_cpus} CPU, "
+          f"1 CPU per run; {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}")
+    print(f"  {'run':<24} {'inline s':>9} {'2 nodes s':>10} {'extra s':>8}  node")
+    for name in names:
+        print(f"  {name:<24} {inline_run[name]:9.1f} {ray_run[name]:10.1f} {ray_run[name] - inline_run[name]:8.1f}  "
+              f"{nodes.get(name, '?')[:8]}")
+    extra = [ray_run[n] - inline_run[n] for n in names]
+    print(f"  per-run extra time on the cluster: mean {statistics.mean(extra):.1f} s, max {max(extra):.1f} s "
+          f"(config.yaml → summary.json)")
+    print(f"  cluster start (2 × ray start): {cluster_start:.1f} s, not included below")
+    print(f"  sum of the inline runs: {total:.1f} s; `metadns run --executor inline`: {inline_wall:.1f} s "
+          f"(runs + comparison + report)")
+    print(f"  `metadns run` on 2 nodes: {ray_wall:.1f} s = {ray_wall / total:.2f}× the sum of the inline runs, "
+          f"{ray_wall / inline_wall:.2f}× the inline command; ideal with {2 * int(args.node_cpus)} runs at once "
+          f"{ideal:.1f} s; runs finished on {len(set(nodes.values()))} node(s); outputs identical to inline: "
+          f"{identical}")
+    if not identical:
+        raise SystemExit("ray_layer: the two-node campaign's outputs differ from the inline ones (see above)")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bench", nargs="+", choices=("mace", "overhead", "campaign"),
+    parser.add_argument("--bench", nargs="+", choices=("mace", "overhead", "campaign", "two-node"),
                         default=["mace", "overhead", "campaign"])
     parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray instance")
     parser.add_argument("--seed", type=int, default=0)
@@ -347,6 +414,8 @@ def main(argv=None) -> None:
     group.add_argument("--cpus-per-run", type=float, nargs="+", default=[0.875],
                        help="Ray CPUs per trainer actor, one Ray campaign per value (0.875 fits two runs beside a "
                             "0.25-CPU evaluator in 2 CPUs; 1.75 runs one at a time)")
+    group = parser.add_argument_group("two-node (the campaign settings above, no evaluators)")
+    group.add_argument("--node-cpus", type=int, default=1, help="Ray CPUs of each of the two nodes (1 CPU per run)")
     args = parser.parse_args(argv)
     if sorted(args.batch_sizes) != args.batch_sizes:
         parser.error("--batch-sizes must be ascending")
@@ -355,6 +424,10 @@ def main(argv=None) -> None:
 
     torch.set_num_threads(1)
     print(f"Ray layer benchmark: {hardware_line(args.num_cpus)}")
+    if "two-node" in args.bench:
+        bench_two_node(args)
+    if not {"mace", "overhead", "campaign"} & set(args.bench):
+        return
     start = time.perf_counter()
     with ray_session(None, num_cpus=args.num_cpus):
         ray_start_s = time.perf_counter() - start

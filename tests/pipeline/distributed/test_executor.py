@@ -27,6 +27,7 @@ from pipeline.distributed.executor import run_campaign_on_ray, run_campaigns_on_
 from pipeline.build import build_system
 from pipeline.campaign import prepare_campaign
 from pipeline.runner import run_campaign
+from tests.same_results import assert_same_results
 
 ISING = {
     "seed": 3, "methods": ["metadns", "mdns", "sw"],
@@ -53,20 +54,6 @@ ALLOY = {  # a grid of two Δμ points, each a temperature ladder warm-started f
 }
 WALKERS = {**ISING, "methods": ["metadns"], "training": {**ISING["training"], "walkers": 2},
            "distributed": {"evaluators": 1, "cpus_per_run": 0.5}}  # trainer + 2 walker actors + 1 evaluator
-COMPARED_FILES = ("observables", "fes", "histograms", "samples")
-
-
-def assert_same_results(inline_root: Path, ray_root: Path, run_names) -> None:
-    for run in run_names:
-        for name in COMPARED_FILES:
-            a = pd.read_parquet(inline_root / run / f"{name}.parquet")
-            b = pd.read_parquet(ray_root / run / f"{name}.parquet")
-            if name == "observables":  # wall times differ; energy evaluations etc. must not
-                a = a[~a.observable.str.endswith("wall_time")].reset_index(drop=True)
-                b = b[~b.observable.str.endswith("wall_time")].reset_index(drop=True)
-            pd.testing.assert_frame_equal(a, b, check_exact=True, obj=f"{run}/{name}")
-
-
 def inline_and_ray(raw: dict, name: str, tmp_path: Path, pool=None):
     config = config_from_dict(raw, name)
     inline = prepare_campaign(config, tmp_path / "inline", resume=False)
