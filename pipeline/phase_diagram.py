@@ -442,7 +442,8 @@ def phase_diagram_table(points: Sequence[PhasePoint], n_sigma: float = 3.0, atol
     (:func:`common_tangent` with ``n_sigma``, ``atol`` in eV/site, ``unvisited``) and labels
     (:func:`label_phases` with ``lro_threshold``, ``window`` and the random-alloy baseline).
     Columns: the ``info`` keys, then :data:`PHASE_TABLE_COLUMNS` — kind (two_phase /
-    one_phase), x_left, x_right, slope_eV (coexistence Δμ, two-phase rows), phase_left/right,
+    one_phase, or one ``unresolved`` row with NaN compositions for a point whose F has fewer
+    than two resolved compositions), x_left, x_right, slope_eV (coexistence Δμ, two-phase rows), phase_left/right,
     lro_left/right, excess_eV_per_site (largest height above the tangent), n_unvisited,
     n_sites.  Rows sorted by temperature then composition.
     """
@@ -453,6 +454,12 @@ def phase_diagram_table(points: Sequence[PhasePoint], n_sigma: float = 3.0, atol
             trim_unresolved_tails(point.free_energy_kT, point.stderr_kT, max_tail_stderr_kT)
         f, err = canonical_free_energy(x, free, point.temperature, point.delta_mu, point.n_sites,
                                        point.stderr_kT, boltzmann_constant)
+        if np.isfinite(f).sum() < 2:   # e.g. a sampler stuck in one composition: no tangent to draw
+            rows.append({**dict(point.info), "temperature": float(point.temperature), "kind": "unresolved",
+                         "x_left": np.nan, "x_right": np.nan, "slope_eV": np.nan, "phase_left": "",
+                         "phase_right": "", "lro_left": np.nan, "lro_right": np.nan, "excess_eV_per_site": np.nan,
+                         "n_unvisited": int((~np.isfinite(f)).sum()), "n_sites": int(point.n_sites)})
+            continue
         construction = common_tangent(x, f, err, n_sigma=n_sigma, atol=atol, unvisited=unvisited)
         lro = np.full(x.shape, np.nan) if point.lro is None else _vector(point.lro, "lro")
         labels = label_phases(x, lro, lro_threshold, point.n_sites, window)

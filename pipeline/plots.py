@@ -298,6 +298,8 @@ def plot_phase_diagram(path: str | Path, temperature: Any, kind: Sequence[str], 
         seen = set()
         for t, k, a, b, pa, pb in zip(temperature[mine], kind[mine], x_left[mine], x_right[mine],
                                       phase_left[mine], phase_right[mine]):
+            if k == "unresolved":   # no composition range to draw
+                continue
             if k == "two_phase":
                 ax.plot([a, b], [t, t], color="black", linewidth=1.2, zorder=2)
                 for x, phase in ((a, pa), (b, pb)):

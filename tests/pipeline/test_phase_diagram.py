@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from scipy.optimize import brentq, fsolve
 from scipy.special import logsumexp
 
+from pipeline import plots
 from pipeline.phase_diagram import (BOLTZMANN_EV_PER_K, PhasePoint, canonical_free_energy, common_tangent,
                                     conditional_mean, disordered_lro_baseline, label_phases, lower_convex_hull,
                                     marginal_free_energy, phase_diagram_table, phase_regions,
@@ -132,6 +135,26 @@ def test_phase_diagram_table_traces_the_binodal_over_temperature():
         assert rows.x_left.iloc[0] == 0.0 and rows.x_right.iloc[-1] == 1.0   # regions tile [0, 1]
         np.testing.assert_array_equal(rows.x_right.to_numpy()[:-1], rows.x_left.to_numpy()[1:])
         assert (rows.tag == f"T{T}").all()
+
+
+def test_a_point_resolved_at_one_composition_gives_an_unresolved_row(tmp_path):
+    """A sampler stuck in one composition has F at one x only: no tangent exists, the table says
+    so for that temperature, and the others are unaffected (the plot skips the row)."""
+    n_sites = 8
+    x = np.arange(n_sites + 1) / n_sites
+    stuck = np.full(x.shape, np.inf)
+    stuck[4] = 0.0
+    points = [PhasePoint(0.3, x, stuck, 0.0, n_sites, info={"tag": "stuck"}),
+              PhasePoint(0.9, x, n_sites * regular_solution(x, 0.9) / 0.9, 0.0, n_sites, info={"tag": "fine"})]
+    table = phase_diagram_table(points, boltzmann_constant=1.0)
+    stuck_rows = table[table.tag == "stuck"]
+    assert stuck_rows.kind.tolist() == ["unresolved"] and stuck_rows.x_left.isna().all()
+    assert stuck_rows.n_unvisited.iloc[0] == n_sites
+    fine = table[table.tag == "fine"]
+    assert set(fine.kind) <= {"one_phase", "two_phase"} and fine.x_left.iloc[0] == 0.0
+    path = plots.plot_phase_diagram(tmp_path / "pd.png", table.temperature, table.kind, table.x_left,
+                                    table.x_right, table.phase_left, table.phase_right)
+    assert Path(path).stat().st_size > 0
 
 
 # ----------------------------------------------------------------------------- SGC → canonical

@@ -344,9 +344,11 @@ def bench_two_node(args) -> None:
         config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
         command = [sys.executable, "-m", "pipeline.cli", "run", str(config_path), "--quiet"]
         start = time.perf_counter()
-        subprocess.run([*command, "--out", str(folder / "inline"), "--executor", "inline"], check=True,
-                       capture_output=True, env={**os.environ, "METADNS_PROGRESS_EVERY": "0"})
+        inline = subprocess.run([*command, "--out", str(folder / "inline"), "--executor", "inline"],
+                                capture_output=True, text=True, env={**os.environ, "METADNS_PROGRESS_EVERY": "0"})
         inline_wall = time.perf_counter() - start
+        if inline.returncode != 0:
+            raise SystemExit(f"ray_layer: the inline campaign failed:\n{inline.stdout[-4000:]}\n{inline.stderr[-4000:]}")
         start = time.perf_counter()
         with LoopbackCluster(folder / "c", nodes=2, cpus_per_node=args.node_cpus) as cluster:
             cluster_start = time.perf_counter() - start
