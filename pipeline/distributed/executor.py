@@ -271,7 +271,7 @@ class _Scheduler:
         self.results: dict[str, RunResult] = {}
         self.failure: BaseException | None = None
         self.held = [0.0, 0.0]   # CPUs, GPUs of running runs, idle actors and live pools
-        self.free = [cluster_cpus(), cluster_gpus()]   # the live cluster's less `held`, renewed each round
+        self.capacity = [cluster_cpus(), cluster_gpus()]   # of the live cluster, renewed each round
         self.board = ProgressBoard.options(scheduling_strategy=on_this_node()).remote()
         self.training_bars = ProgressBars(enabled=progress)
         self.bar = tqdm(total=len(self.waiting), desc="runs", disable=not progress, dynamic_ncols=True, position=0)
@@ -307,11 +307,11 @@ class _Scheduler:
         return [[self.results[str(c.root / spec.run_name)] for spec in c.runs] for c in self.campaigns]
 
     def _take_stock(self) -> None:
-        """Renew what is free from the live cluster; after a node loss, release idle actors
-        while more is held than the cluster now has (runs retried elsewhere need it), and
-        queue lost runs again once Ray has declared a node dead (or waited long enough)."""
-        self.free = [cluster_cpus() - self.held[0], cluster_gpus() - self.held[1]]
-        if min(self.free) < -1e-9:
+        """Renew the live cluster's capacity; after a node loss, release idle actors when more
+        is held than the cluster now has (runs retried elsewhere need it), and queue lost runs
+        again once Ray has declared a node dead (or waited long enough)."""
+        self.capacity = [cluster_cpus(), cluster_gpus()]
+        if any(h > c + 1e-9 for h, c in zip(self.held, self.capacity)):
             self._release_idle()
         if self.lost:
             alive = alive_nodes()
@@ -328,11 +328,10 @@ class _Scheduler:
         self.idle.clear()
 
     def _fits(self, cost: tuple[float, float]) -> bool:
-        return all(c <= f + 1e-9 for c, f in zip(cost, self.free))
+        return all(c <= cap - h + 1e-9 for c, cap, h in zip(cost, self.capacity, self.held))
 
     def _take(self, amount: tuple[float, float], sign: float = -1.0) -> None:
         """Hold (sign -1) or release (+1) ``amount`` = (CPUs, GPUs)."""
-        self.free = [f + sign * a for f, a in zip(self.free, amount)]
         self.held = [h - sign * a for h, a in zip(self.held, amount)]
 
     def _try_launch(self, job: _Job) -> None:
@@ -413,20 +412,23 @@ class _Scheduler:
         return True
 
 
-def lost_to_the_cluster(error: BaseException | None) -> bool:
+def _error_chain(error: BaseException | None):
+    """``error`` and the errors it wraps (a RayTaskError's ``cause``, then ``__cause__``)."""
+    while error is not None:
+        yield error
+        error = getattr(error, "cause", None) or error.__cause__
+
+
+def lost_to_the_cluster(error: BaseException) -> bool:
     """Whether ``error`` (or an error it wraps, e.g. a walker's death inside a run) means that
     a process, actor or node died, rather than that the run itself failed."""
-    while error is not None:
-        if isinstance(error, LOST_TO_THE_CLUSTER):
-            return True
-        error = getattr(error, "cause", None) or error.__cause__
-    return False
+    return any(isinstance(e, LOST_TO_THE_CLUSTER) for e in _error_chain(error))
 
 
 def unreachable(error: BaseException) -> bool:
-    """Whether ``error`` says an actor stopped answering without Ray having declared it dead."""
-    return isinstance(error, ActorUnavailableError) or isinstance(getattr(error, "cause", None),
-                                                                   ActorUnavailableError)
+    """Whether ``error`` (or an error it wraps) says an actor stopped answering without Ray
+    having declared it dead."""
+    return any(isinstance(e, ActorUnavailableError) for e in _error_chain(error))
 
 
 def _checkpoint_note(job: _Job) -> str:

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 
 HIDE_GPUS_FROM_ZERO_GPU_ACTORS = {"RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1"}
@@ -58,8 +59,6 @@ def on_this_node():
 
     The driver keeps its bookkeeping actors (progress board, evaluator pool) beside it, and a
     trainer its bias server: a lost worker node then takes with it only the runs it held."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: PLC0415
-
     return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
 
 

@@ -37,6 +37,7 @@ from pipeline.campaign import prepare_campaign
 from pipeline.config import config_from_dict
 from pipeline.distributed.loopback_cluster import LoopbackCluster, children, namespace_unavailable, process_title
 from pipeline.runner import run_campaign
+from tests.cluster.requirements import require
 from tests.same_results import assert_same_results
 
 OUTER_ITERATIONS = 24
@@ -51,12 +52,6 @@ CAMPAIGN = {  # 8 runs: two trained methods at four temperatures, one CPU each
     "distributed": {"cpus_per_run": 1, "run_retries": 2},
 }
 CAMPAIGN_TIMEOUT_S = 900
-
-
-def skip_or_fail(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true but {reason}")
-    pytest.skip(reason)
 
 
 def checkpoint_iteration(run: Path) -> int:
@@ -75,9 +70,7 @@ def killed_campaign():
     """The campaign on the two-node cluster with the worker's raylet killed mid-campaign, and
     the same campaign run inline: (driver exit code, driver log, runs killed mid-training,
     Ray root, inline root)."""
-    reason = namespace_unavailable()
-    if reason is not None:
-        skip_or_fail(reason)
+    require("a network namespace", namespace_unavailable())
     folder = Path(tempfile.mkdtemp(prefix="mn", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
     (folder / "camp.yaml").write_text(yaml.safe_dump({"name": "twonode", **CAMPAIGN}, sort_keys=False))
     cluster = LoopbackCluster(folder, nodes=2, cpus_per_node=2, fast_failure_detection=True)

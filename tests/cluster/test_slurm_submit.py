@@ -36,6 +36,7 @@ import torch
 import yaml
 
 from tests.cli_runner import run_cli
+from tests.cluster.requirements import require
 from pipeline.distributed import gpu_preflight
 from pipeline.distributed.submit import (PORT_BLOCK, PORT_FIRST, PORT_SLOTS, TEMPLATE, SubmitOptions,
                                          default_environment, job_state, render, submit as submit_job, wait_for_job)
@@ -158,11 +159,7 @@ def slurm_unavailable() -> str | None:
 @pytest.fixture(scope="module")
 def slurm_cpus() -> int:
     """CPUs of an idle node of the running Slurm; skip (fail under CI=true) without one."""
-    reason = slurm_unavailable()
-    if reason is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Slurm is required in CI: {reason}")
-        pytest.skip(f"no Slurm: {reason}")
+    require("Slurm", slurm_unavailable())
     nodes = subprocess.run(["sinfo", "-h", "-o", "%T %c"], capture_output=True, text=True, check=True).stdout
     return max(int(line.split()[1]) for line in nodes.splitlines() if line.split()[0] in ("idle", "mixed"))
 

@@ -32,6 +32,7 @@ import pytest
 import yaml
 
 from tests.cli_runner import run_cli
+from tests.cluster.requirements import require
 from pipeline.distributed.submit import wait_for_job
 from systems.exact import exact_ensemble
 from systems.registry import make_system
@@ -75,11 +76,7 @@ def unavailable() -> str | None:
 @pytest.fixture(scope="module")
 def two_nodes():
     """The two-node Slurm of this module; yields the folder of its Slurm command wrappers."""
-    reason = unavailable()
-    if reason is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"the two-node Slurm is required in CI: {reason}")
-        pytest.skip(f"no two-node Slurm: {reason}")
+    require("two-node Slurm", unavailable())
     folder = Path(tempfile.mkdtemp(prefix="md2n-", dir="/tmp"))  # short: Slurm's spool sockets
     env = {**os.environ, "TWO_NODE_PREFIX": f"md2n{os.getpid()}", "TWO_NODE_CONF_DIR": str(folder / "etc"),
            "TWO_NODE_STATE_DIR": str(folder / "state"), "TWO_NODE_CPUS": "1",
